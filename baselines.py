@@ -1,0 +1,249 @@
+"""The baselines LoTeP and LoRSP compare against: LoR-VP, border prompts (ILM-VP, AutoVP, EVP) with their output
+label mappings, VPT-Deep, and LoRA. Behaviour from ../shared/spec/baselines.md; the code is written here.
+
+References (behaviour, not code):
+  LoR-VP  Jin et al., ICLR 2025, https://github.com/jincan333/LoR-VP
+  ILM-VP  Chen et al., CVPR 2023, https://github.com/OPTML-Group/ILM-VP
+  AutoVP  Tsao et al., ICLR 2024, https://github.com/IBM/AutoVP
+  EVP     Wu et al., 2022, https://github.com/UCSC-VLAA/EVP
+  VPT     Jia et al., ECCV 2022, https://github.com/KMnP/vpt
+  LoRA    Hu et al., ICLR 2022 (adapter semantics as in peft: base_layer, B = 0, alpha / r)
+
+    prompt = LoRVP(size=224, rank=4)
+    x_prompted = prompt(x)  # x: (B, 3, 224, 224) in [0, 1] -> (B, 3, 224, 224), normalization comes after
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ---- LoR-VP: a per-channel low-rank prompt on the whole image ----
+
+
+class LoRVP(nn.Module):
+    """P_c = B_c A_c for each colour channel c, added to the [0, 1] image before normalization.
+    B (c, L, r) starts at zero and A (c, r, L) ~ N(0, 0.01^2) (the official script's 'zero,normal'), so P = 0 at
+    step 0; no scaling, clamp or sigmoid. 2 c L r parameters: 5,376 at L = 224, r = 4."""
+
+    def __init__(self, *, size: int, rank: int = 4, channels: int = 3, init_std: float = 0.01):
+        super().__init__()
+        self.B = nn.Parameter(torch.zeros(channels, size, rank))
+        self.A = nn.Parameter(torch.randn(channels, rank, size) * init_std)
+
+    def forward(self, x):  # (B, c, L, L) -> (B, c, L, L)
+        return x + torch.bmm(self.B, self.A)  # P = bmm(B, A): (c, L, L), broadcast over the batch
+
+    @staticmethod
+    def num_trainable(size, rank, channels=3):
+        return 2 * channels * size * rank
+
+
+# ---- border prompts: shrink the image, pad it onto the canvas, learn the border ----
+
+class BorderPrompt(nn.Module):
+    """The image shrunk to s x s and centred on an S x S zero canvas; a learned prompt fills the border only.
+
+    squash=True: the border is sigmoid(delta), a learned image in (0, 1) starting at 0.5 grey (ILM-VP, AutoVP).
+    squash=False: the border is delta itself, starting at 0 (EVP). Only border entries are parameters, so the count
+    is the effective one, 3 (S^2 - s^2) (ILM-VP at 224 with a 32-px CIFAR image: 147,456)."""
+
+    def __init__(self, *, canvas: int, inner: int, squash: bool, channels: int = 3):
+        super().__init__()
+        if not 0 < inner < canvas:
+            raise ValueError(f'the shrunk image ({inner} px) must be smaller than the canvas ({canvas} px)')
+        self.canvas, self.inner, self.squash, self.channels = canvas, inner, squash, channels
+        self.left = (canvas - inner) // 2
+        mask = torch.ones(channels, canvas, canvas, dtype=torch.bool)
+        mask[:, self.left:self.left + inner, self.left:self.left + inner] = False
+        self.register_buffer('border_index', mask.flatten().nonzero().squeeze(1), persistent=False)
+        self.delta = nn.Parameter(torch.zeros(len(self.border_index)))
+
+    def border(self):  # (c, S, S), zero over the image
+        values = torch.sigmoid(self.delta) if self.squash else self.delta
+        full = values.new_zeros(self.channels * self.canvas ** 2).scatter(0, self.border_index, values)
+        return full.view(self.channels, self.canvas, self.canvas)
+
+    def forward(self, x):  # (B, c, S, S) -> (B, c, S, S)
+        x = F.interpolate(x, size=(self.inner, self.inner), mode='bilinear', antialias=True, align_corners=False)
+        right = self.canvas - self.inner - self.left
+        x = F.pad(x, (self.left, right, self.left, right))  # centred on a zero canvas
+        return x + self.border()
+
+    @staticmethod
+    def num_trainable(canvas, inner, channels=3):
+        return channels * (canvas ** 2 - inner ** 2)
+
+
+# ---- output label mappings on the frozen 1000-class source logits ----
+
+def greedy_mapping(counts: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """ILM-VP / AutoVP FreqMap: repeatedly take the largest cell of the (source, target) count matrix, give that source
+    class to that target, and retire the source (and the target once it has k sources). Returns (C, k) indices,
+    all distinct. Ties go to the lowest index, which fills targets whose counts ran out in index order."""
+    S, C = counts.shape
+    if S < C * k:
+        raise ValueError(f'{C} target classes x {k} sources each need {C * k} source classes, the backbone has {S}')
+    counts = counts.double().clone()
+    mapping = torch.full((C, k), -1, dtype=torch.long)
+    filled = torch.zeros(C, dtype=torch.long)
+    for _ in range(C * k):
+        s, t = divmod(int(counts.argmax()), C)
+        mapping[t, filled[t]] = s
+        filled[t] += 1
+        counts[s, :] = -math.inf
+        if filled[t] == k:
+            counts[:, t] = -math.inf
+    return mapping
+
+
+class SourceLabelMap(nn.Module):
+    """Target logit j = mean of the source logits of its k mapped source classes; no parameters.
+
+    interval=None: computed once, before the first epoch, with the initial prompt (FLM; EVP's pre-pass).
+    interval=1: recomputed at the start of every epoch with the current prompt (ILM-VP); k epochs: AutoVP IterMap."""
+
+    def __init__(self, *, num_classes: int, num_source: int = 1000, k: int = 1, interval: int | None = 1):
+        super().__init__()
+        self.num_classes, self.num_source, self.k, self.interval = num_classes, num_source, k, interval
+        self.register_buffer('mapping', torch.arange(num_classes * k).view(num_classes, k))  # (C, k)
+        self.register_buffer('computed', torch.tensor(False))
+
+    def forward(self, source_logits):  # (B, S) -> (B, C)
+        return source_logits[:, self.mapping].mean(-1)
+
+    @torch.no_grad()
+    def on_epoch_start(self, model, loader, epoch):
+        if bool(self.computed) and (self.interval is None or epoch % self.interval):
+            return
+        was_training = model.training
+        model.eval()
+        counts = torch.zeros(self.num_source, self.num_classes)
+        for x, y in loader:
+            x = x.to(self.mapping.device)
+            pred = model.features(x).argmax(1).cpu()  # the frozen backbone's source prediction, prompt included
+            counts.index_put_((pred, y), torch.ones(len(y)), accumulate=True)
+        self.mapping.copy_(greedy_mapping(counts, self.k))
+        self.computed.fill_(True)
+        model.train(was_training)
+
+
+# ---- EVP's update rule ----
+
+class EVPUpdate(torch.optim.Optimizer):
+    """EVP: for the prompt, g = dL/d(prompt) (batch mean), prompt <- prompt - lr g / ||g||_2 (norm over the whole
+    prompt tensor); no momentum, no weight decay. Groups with normalized=False (the head) take plain SGD with
+    momentum 0.9 and weight decay."""
+
+    def __init__(self, param_groups, *, lr, weight_decay=0.0, momentum=0.9):
+        super().__init__(param_groups, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, normalized=False))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group['params']:
+                if p.grad is None:
+                    continue
+                if group['normalized']:
+                    p.sub_(p.grad / (p.grad.norm() + 1e-12), alpha=group['lr'])
+                    continue
+                d_p = p.grad.add(p, alpha=group['weight_decay'])
+                buf = self.state[p].get('momentum_buffer')
+                buf = d_p.clone() if buf is None else buf.mul_(group['momentum']).add_(d_p)
+                self.state[p]['momentum_buffer'] = buf
+                p.sub_(buf, alpha=group['lr'])
+
+
+# ---- VPT-Deep: prompt tokens at every transformer block ----
+
+class VPTDeep(nn.Module):
+    """T learnable tokens inserted after the prefix (CLS) tokens before block 0, and replaced by fresh ones before
+    every later block; stripped before the final pooling so they never reach the pooled feature.
+    Tokens ~ U(-v, v), v = sqrt(6 / (3 p^2 + D)) (VPT's xavier-style init); unlike pixel prompts they change the
+    model's output at step 0 (attention sees them). Parameters: blocks x T x D."""
+
+    def __init__(self, *, vit, tokens: int = 10):
+        super().__init__()
+        if not all(hasattr(vit, a) for a in ('patch_embed', '_pos_embed', 'blocks', 'num_prefix_tokens')):
+            raise ValueError(f'vpt_deep needs a ViT with transformer blocks (timm VisionTransformer); '
+                             f'{type(vit).__name__} has none. Try --model vit_base_patch32_224.')
+        if tokens < 1:
+            raise ValueError(f'--prompt-tokens must be >= 1, got {tokens}')
+        self.vit = vit
+        patch, D = vit.patch_embed.patch_size[0], vit.embed_dim
+        v = math.sqrt(6.0 / (3 * patch * patch + D))
+        self.prompts = nn.Parameter(torch.empty(len(vit.blocks), tokens, D).uniform_(-v, v))  # (blocks, T, D)
+        self.num_features = vit.num_features
+
+    def forward(self, img):  # (B, 3, S, S) -> (B, num_features) or logits
+        vit, p, T = self.vit, self.vit.num_prefix_tokens, self.prompts.shape[1]
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(img))))  # (B, p + N, D)
+        for i, block in enumerate(vit.blocks):
+            prompt = self.prompts[i].expand(x.shape[0], -1, -1).to(x.dtype)  # (B, T, D)
+            rest = x[:, p:] if i == 0 else x[:, p + T:]  # insert (i = 0) / replace the previous block's prompt outputs
+            x = block(torch.cat([x[:, :p], prompt, rest], dim=1))  # (B, p + T + N, D)
+        x = vit.norm(x)
+        return vit.forward_head(torch.cat([x[:, :p], x[:, p + T:]], dim=1))  # strip: (B, p + N, D) -> pooled
+
+    @staticmethod
+    def num_trainable(blocks, tokens, dim):
+        return blocks * tokens * dim
+
+
+# ---- LoRA ----
+
+class LoRA(nn.Module):
+    """W' = W + (alpha / r) B A on a frozen nn.Linear or nn.Conv2d (any padding, groups or subclass: timm's
+    Conv2dSame too). A (r, fan_in) ~ kaiming-uniform, B (out, r) = 0, so the layer is unchanged at step 0.
+    The base layer runs once with the updated weight; merge_lora() writes W' into it for inference."""
+
+    def __init__(self, *, base: nn.Module, rank: int, alpha: float):
+        super().__init__()
+        self.base = base
+        fan_in = base.weight[0].numel()  # in (Linear) or in / groups * kh * kw (Conv2d)
+        self.A = nn.Parameter(torch.empty(rank, fan_in))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.B = nn.Parameter(torch.zeros(base.weight.shape[0], rank))
+        self.scaling = alpha / rank
+
+    def delta(self):  # (alpha / r) B A in the shape of the base weight
+        return (self.B @ self.A).view_as(self.base.weight) * self.scaling
+
+    def forward(self, x):
+        return torch.func.functional_call(self.base, {'weight': self.base.weight + self.delta()}, (x,))
+
+    @staticmethod
+    def num_trainable(weight_shape, rank):
+        out, fan_in = weight_shape[0], math.prod(weight_shape[1:])
+        return rank * (out + fan_in)
+
+
+def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 8.0, targets=None, skip=()) -> list[LoRA]:
+    """Wrap every nn.Linear and nn.Conv2d of the model (or those whose name ends with one of `targets`), except the
+    modules in `skip` (the classifier). Returns the adapters."""
+    if rank < 1:
+        raise ValueError(f'--lora-rank must be >= 1, got {rank}')
+    skip_ids = {id(m) for m in skip}
+    chosen = [(name, m) for name, m in model.named_modules()
+              if isinstance(m, (nn.Linear, nn.Conv2d)) and id(m) not in skip_ids
+              and (targets is None or name.split('.')[-1] in targets)]
+    if not chosen:
+        raise ValueError(f'no layer of {type(model).__name__} matches the LoRA targets {targets}')
+    adapters = []
+    for name, m in chosen:
+        parent_name, _, child = name.rpartition('.')
+        adapter = LoRA(base=m, rank=rank, alpha=alpha)
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, adapter)
+        adapters.append(adapter)
+    return adapters
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Write W + (alpha / r) B A into every base layer and put the base layer back in place of its adapter."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, LoRA):
+            m.base.weight.add_(m.delta())
+            parent_name, _, child = name.rpartition('.')
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, m.base)
+    return model

