@@ -1,0 +1,130 @@
+"""Linear CKA between each block's output features of a trained model and those of the frozen base model, and of a
+fully fine-tuned model when one is given: the LoTeP paper's Fig. 1(a).
+
+    python cka.py runs/offline-cifar10/lotep_cp-s0 --ft runs/offline-cifar10/ft-s0 --images 256
+    # -> cka.md (a table) and cka.png (a plot) in the run directory
+
+CKA(X, Y) = <K_c, L_c>_F / (||K_c||_F ||L_c||_F), with K = X X^T and L = Y Y^T the Gram matrices of the N images'
+flattened features and K_c = H K H their centred forms (H = I - 11^T / N) (Kornblith et al., ICML 2019). Grams make
+features of different widths comparable (VPT's extra tokens, for instance).
+"""
+import argparse
+import json
+import os
+
+import torch
+
+import data
+import lotep
+import train
+
+
+def linear_cka(K: torch.Tensor, L: torch.Tensor) -> float:
+    """K, L: (N, N) Gram matrices."""
+    N = K.shape[0]
+    H = torch.eye(N, dtype=K.dtype) - 1.0 / N
+    Kc, Lc = H @ K @ H, H @ L @ H
+    return float((Kc * Lc).sum() / (Kc.norm() * Lc.norm()))
+
+
+def load_run(run_dir, method=None):
+    """The trained model of a run directory (or, with method='lp', the frozen base model it started from)."""
+    with open(os.path.join(run_dir, 'config.json')) as f:
+        saved = json.load(f)['args']
+    a = train.parse(['--method', saved['method']])
+    vars(a).update(saved)
+    a.device, a.resume = 'cpu', False
+    if method is not None:
+        a.method, a.label_map, a.save_prompts = method, 'lp', 0
+    a = train.resolve(a)
+    torch.manual_seed(a.seed)  # as train.py builds it: the same backbone and head init
+    model = train.METHODS[a.method](a, data.NUM_CLASSES[a.dataset])
+    if method is None:
+        state = torch.load(os.path.join(run_dir, 'checkpoint.pt'), map_location='cpu', weights_only=False)['model']
+        missing = model.load_state_dict(state, strict=False)
+        assert not missing.unexpected_keys, missing.unexpected_keys
+    return a, model.eval()
+
+
+def blocks_of(model):
+    bb = model.backbone
+    return lotep.find_blocks(bb.vit if hasattr(bb, 'vit') else bb)[0]  # VPT-Deep wraps the ViT
+
+
+@torch.no_grad()
+def block_grams(model, images, batch_size=32):
+    """(N, N) Gram matrix of every block's flattened output features over the images."""
+    feats, handles = {}, []
+    for i, b in enumerate(blocks_of(model)):
+        handles.append(b.register_forward_hook(
+            lambda m, args, out, i=i: feats.setdefault(i, []).append(out.flatten(1).double())))
+    try:
+        for k in range(0, len(images), batch_size):
+            model(images[k:k + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+    grams = []
+    for i in sorted(feats):
+        X = torch.cat(feats.pop(i))
+        grams.append(X @ X.T)
+    return grams
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('run', help='a finished train.py run directory')
+    p.add_argument('--ft', help='a finished full fine-tuning run (same model and data) to compare with')
+    p.add_argument('--images', type=int, default=256, help='test images to compute CKA on')
+    p.add_argument('--out', help='where to write cka.md and cka.png (default: the run directory)')
+    a = p.parse_args(argv)
+
+    run_args, model = load_run(a.run)
+    _, base = load_run(a.run, method='lp')
+    splits = data.load(run_args.dataset, data_dir=run_args.data_dir, img_size=run_args.img_size, seed=run_args.seed,
+                       train_per_class=1, test_limit=a.images)
+    images = torch.stack([splits.test[i][0] for i in range(len(splits.test))])
+    grams = {'model': block_grams(model, images), 'base': block_grams(base, images)}
+    if a.ft:
+        _, ft = load_run(a.ft)
+        grams['ft'] = block_grams(ft, images)
+    rows = [dict(block=i, cka_base=linear_cka(grams['model'][i], grams['base'][i]),
+                 **({'cka_ft': linear_cka(grams['model'][i], grams['ft'][i]),
+                     'cka_base_ft': linear_cka(grams['base'][i], grams['ft'][i])} if a.ft else {}))
+            for i in range(len(grams['model']))]
+
+    out = a.out or a.run
+    os.makedirs(out, exist_ok=True)
+    label = f'{run_args.method} on {run_args.model}, {run_args.dataset}, {len(images)} test images'
+    lines = [f'# Linear CKA per block: {label}', '', '| block | CKA(model, base) |' +
+             (' CKA(model, FT) | CKA(base, FT) |' if a.ft else ''), '|---|---|' + ('---|---|' if a.ft else '')]
+    for r in rows:
+        lines.append(f"| {r['block']} | {r['cka_base']:.4f} |" +
+                     (f" {r['cka_ft']:.4f} | {r['cka_base_ft']:.4f} |" if a.ft else ''))
+    with open(os.path.join(out, 'cka.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    with open(os.path.join(out, 'cka.json'), 'w') as f:
+        json.dump(dict(run=a.run, ft=a.ft, images=len(images), rows=rows), f, indent=1)
+
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r['cka_base'] for r in rows], 'o-', label=f'{run_args.method} vs base (frozen)')
+    if a.ft:
+        ax.plot([r['cka_ft'] for r in rows], 's-', label=f'{run_args.method} vs FT')
+        ax.plot([r['cka_base_ft'] for r in rows], '^--', color='gray', label='base vs FT')
+    ax.set_xlabel('block')
+    ax.set_ylabel('linear CKA')
+    ax.set_ylim(0, 1.02)
+    ax.set_title(label, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, 'cka.png'), dpi=120)
+    plt.close(fig)
+    print('\n'.join(lines))
+    return rows
+
+
+if __name__ == '__main__':
+    main()

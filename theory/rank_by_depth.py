@@ -1,0 +1,102 @@
+"""The empirical side of LoTeP's rank decay: train naive deep prompts (a full C x H x W tensor at every block input,
+grouped_vp.naive_deep_vp) on a real pretrained backbone and real data, and measure the effective rank of each learned
+prompt, flattened to C x HW, by depth.
+
+    python theory/rank_by_depth.py                       # tf_efficientnet_lite0 (offline ImageNet weights),
+                                                         # CIFAR-10 from ../shared/data, a small subset, CPU
+    python theory/rank_by_depth.py --run runs/some-naive_deep_vp-run   # analyse a finished run instead
+
+Effective rank at 90% / 99%: the fewest singular values whose squares hold that share of ||P||_F^2. The training is a
+plain train.py run (method naive_deep_vp, rho = 1: every block prompted); writes rank_by_depth.md / .png beside it.
+Unlike the synthetic check (prop1_rank_bound.py), a real backbone's first convolutions are full rank, so Proposition
+1's bound is vacuous here: what this measures is whether the learned prompts are low-rank anyway, and how that changes
+with depth.
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import train  # noqa: E402
+
+SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(HERE)), 'shared', 'data')
+
+
+def effective_rank(P: torch.Tensor, energy: float) -> int:
+    sigma2 = torch.linalg.svdvals(P.double().flatten(1)) ** 2  # P: (C, H, W) -> (C, HW)
+    if sigma2.sum() == 0:
+        return 0
+    return int((torch.cumsum(sigma2, 0) / sigma2.sum() < energy - 1e-12).sum()) + 1
+
+
+def analyse(run_dir):
+    state = torch.load(os.path.join(run_dir, 'checkpoint.pt'), map_location='cpu', weights_only=False)['model']
+    prompts = sorted(((int(k.split('.')[3]), v) for k, v in state.items() if k.startswith('attached.0.prompts.')),
+                     key=lambda kv: kv[0])
+    rows = []
+    for l, P in prompts:
+        C, H, W = P.shape
+        sigma = torch.linalg.svdvals(P.double().flatten(1))
+        rows.append(dict(block=l, shape=f'{C}x{H}x{W}', max_rank=min(C, H * W), eff90=effective_rank(P, 0.90),
+                         eff99=effective_rank(P, 0.99), numerical=int((sigma > 1e-5 * sigma[0]).sum()),
+                         norm=float(P.norm())))
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--run', help='a finished naive_deep_vp run to analyse (default: train one now)')
+    p.add_argument('--out', default='runs/rank_by_depth', help='run directory for the training (default %(default)s)')
+    p.add_argument('--train-per-class', type=int, default=200)
+    p.add_argument('--epochs', type=int, default=2)
+    p.add_argument('--img-size', type=int, default=96)
+    a = p.parse_args(argv)
+    run_dir = a.run
+    if run_dir is None:
+        run_dir = a.out
+        args = ['--method', 'naive_deep_vp', '--model', 'tf_efficientnet_lite0', '--dataset', 'cifar10',
+                '--data-dir', SHARED_DATA, '--train-per-class', str(a.train_per_class), '--test-limit', '1000',
+                '--img-size', str(a.img_size), '--epochs', str(a.epochs), '--batch-size', '32', '--rho', '1.0',
+                '--speed-reps', '0', '--out', run_dir]
+        train.main(['--resume', '--out', run_dir] if os.path.exists(os.path.join(run_dir, 'config.json')) else args)
+    rows = analyse(run_dir)
+    with open(os.path.join(run_dir, 'summary.json')) as f:
+        summary = json.load(f)
+    lines = [f"# Effective rank of naive deep prompts by depth: {summary['model']}, {summary['dataset']}, "
+             f"{summary['img_size']} px, {summary['epochs']} epochs (test acc {summary['test_acc']:.2f}%)", '',
+             '| block | prompt C x H x W | min(C, HW) | eff. rank 90% | eff. rank 99% | numerical rank | ||P||_F |',
+             '|---|---|---|---|---|---|---|']
+    lines += [f"| {r['block']} | {r['shape']} | {r['max_rank']} | {r['eff90']} | {r['eff99']} | {r['numerical']} | "
+              f"{r['norm']:.3g} |" for r in rows]
+    with open(os.path.join(run_dir, 'rank_by_depth.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    blocks = [r['block'] for r in rows]
+    for key, mark in (('eff90', 'o-'), ('eff99', 's-')):
+        ax1.plot(blocks, [r[key] for r in rows], mark, label=f'effective rank {key[3:]}%')
+        ax2.plot(blocks, [r[key] / r['max_rank'] for r in rows], mark, label=f'{key[3:]}% / min(C, HW)')
+    ax1.plot(blocks, [r['max_rank'] for r in rows], ':', color='gray', label='min(C, HW)')
+    ax1.set_yscale('log')
+    for ax, title in ((ax1, 'effective rank'), (ax2, 'relative to the largest possible')):
+        ax.set_xlabel('block')
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"naive deep prompts on {summary['model']}, {summary['dataset']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(run_dir, 'rank_by_depth.png'), dpi=120)
+    plt.close(fig)
+    print('\n'.join(lines))
+    return rows
+
+
+if __name__ == '__main__':
+    main()
