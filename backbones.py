@@ -28,7 +28,7 @@ def create(name, *, pretrained=True, weights=None, img_size=224, num_classes=0) 
     """A frozen timm model in eval mode. num_classes=0: pooled features (fresh-head methods); None: source logits."""
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-        hint = f" Did you mean: {', '.join(close)}?" if close else " `python -c \"import timm; print(timm.list_models())\"` lists them."
+        hint = f" Did you mean: {', '.join(close)}?" if close else ' timm.list_models() lists them.'
         raise BackboneError(f'unknown model {name!r}: --model takes a timm model name.{hint}')
     kw = {} if num_classes is None else {'num_classes': num_classes}
     # ViT, Swin, CoAtNet build position embeddings / windows for one input size
@@ -36,7 +36,7 @@ def create(name, *, pretrained=True, weights=None, img_size=224, num_classes=0) 
         kw['img_size'] = img_size
     if weights is not None:
         if not os.path.isfile(weights):
-            raise BackboneError(f'weights file {weights!r} does not exist: give --weights the path of a checkpoint file')
+            raise BackboneError(f'weights file {weights!r} does not exist: give --weights the path of a checkpoint')
         sd = _read_checkpoint(weights)
         if '_conv_stem.weight' in sd:  # lukemelas EfficientNet-PyTorch naming
             model = timm.create_model(name, **kw)

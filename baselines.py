@@ -28,6 +28,8 @@ class LoRVP(nn.Module):
 
     def __init__(self, *, size: int, rank: int = 4, channels: int = 3, init_std: float = 0.01):
         super().__init__()
+        if rank < 1:
+            raise ValueError(f'--rank must be >= 1, got {rank}')
         self.B = nn.Parameter(torch.zeros(channels, size, rank))
         self.A = nn.Parameter(torch.randn(channels, rank, size) * init_std)
 
@@ -105,6 +107,8 @@ class SourceLabelMap(nn.Module):
 
     def __init__(self, *, num_classes: int, num_source: int = 1000, k: int = 1, interval: int | None = 1):
         super().__init__()
+        if k < 1 or (interval is not None and interval < 1):
+            raise ValueError(f'--map-k and --map-interval must be >= 1, got {k} and {interval}')
         self.num_classes, self.num_source, self.k, self.interval = num_classes, num_source, k, interval
         self.register_buffer('mapping', torch.arange(num_classes * k).view(num_classes, k))  # (C, k)
         self.register_buffer('computed', torch.tensor(False))
@@ -173,7 +177,7 @@ class VPTDeep(nn.Module):
         patch, D = vit.patch_embed.patch_size[0], vit.embed_dim
         v = math.sqrt(6.0 / (3 * patch * patch + D))
         self.prompts = nn.Parameter(torch.empty(len(vit.blocks), tokens, D).uniform_(-v, v))  # (blocks, T, D)
-        self.num_features = vit.num_features
+        self.num_features, self.num_classes = vit.num_features, vit.num_classes
 
     def forward(self, img):  # (B, 3, S, S) -> (B, num_features) or logits
         vit, p, T = self.vit, self.vit.num_prefix_tokens, self.prompts.shape[1]

@@ -56,12 +56,19 @@ def train_argv(settings, method, seed, out, extra=(), speed_reps=5):
 
 
 def run_one(argv, out, label):
-    """One train.py run in its own process (memory freed, a crash contained); returns its summary or None."""
-    summary = os.path.join(out, 'summary.json')
+    """One train.py run in its own process (memory freed, a crash contained); returns its summary or None.
+    A run directory is reused (read back, or resumed) only if it was made by exactly this command."""
+    summary, config = os.path.join(out, 'summary.json'), os.path.join(out, 'config.json')
+    if os.path.exists(config):
+        with open(config) as f:
+            made_by = json.load(f)['command']
+        if made_by != 'python train.py ' + ' '.join(argv):
+            raise SystemExit(f'error: {out} holds a run made with other settings ({made_by}); remove it, or give '
+                             f'this comparison another --tag or --runs-dir')
     if os.path.exists(summary):
         print(f'{label}: done before, read back')
     else:
-        resume = os.path.exists(os.path.join(out, 'config.json'))
+        resume = os.path.exists(config)
         cmd = [sys.executable, os.path.join(HERE, 'train.py')] + (['--resume', '--out', out] if resume else argv)
         os.makedirs(out, exist_ok=True)
         print(f'{label}: {"resuming" if resume else "running"} {" ".join(cmd[1:])}', flush=True)
@@ -100,10 +107,14 @@ def fmt_params(n):
     return f'{n / 1e6:.2f}M' if n >= 1e6 else f'{n / 1e3:.1f}K' if n >= 1e4 else f'{n:,}'
 
 
+def shown(settings):
+    return {**settings, 'data_dir': os.path.relpath(settings['data_dir'])}  # ../shared/data, not this machine's path
+
+
 def table(rows, settings, name, seeds, wall_s, tuned):
     head = ('| method | test acc % (mean ± std, n) | trainable params | train time s | train img/s | latency ms/img '
             '| step / bare | latency / bare |')
-    lines = [f'# {name}', '', f'Settings: {json.dumps(settings)}; seeds {seeds}.',
+    lines = [f'# {name}', '', f'Settings: {json.dumps(shown(settings))}; seeds {seeds}.',
              f'Machine: {platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}' +
              (f', {torch.cuda.get_device_name()}' if torch.cuda.is_available() else '') +
              f'. Wall time of all runs: {wall_s / 60:.1f} min.', '',
@@ -167,8 +178,9 @@ def main(argv=None):
         row = dict(method=m, accs=[], times=[], rates=[], params=None, speed=None)
         for seed in seeds:
             done += 1
-            out = os.path.join(runs_dir, f'{m}-s{seed}')
-            run_extra = extra + (['--lr-scale', str(tuned[m])] if tuned.get(m, 1.0) != 1.0 else [])
+            scale = tuned.get(m, 1.0)
+            out = os.path.join(runs_dir, f'{m}-s{seed}' if scale == 1.0 else f'{m}-lr{scale:g}-s{seed}')
+            run_extra = extra + (['--lr-scale', str(scale)] if scale != 1.0 else [])
             s = run_one(train_argv(settings, m, seed, out, run_extra, 5 if seed == seeds[0] else 0), out,
                         f'[{done}/{total} {name}] {m} seed {seed}')
             if s is None:
@@ -192,7 +204,7 @@ def main(argv=None):
     with open(os.path.join('results', f'{name}.md'), 'w') as f:
         f.write(md)
     with open(os.path.join('results', f'{name}.json'), 'w') as f:
-        json.dump(dict(protocol=a.protocol, name=name, settings=settings, seeds=seeds, methods=methods,
+        json.dump(dict(protocol=a.protocol, name=name, settings=shown(settings), seeds=seeds, methods=methods,
                        lr_multipliers=tuned, tuning=tuning, wall_s=wall, rows=rows, runs=results), f, indent=1)
     print(md)
     return rows

@@ -58,7 +58,7 @@ class ArrayImages(Dataset):
 
 
 class FileImages(Dataset):
-    """Image files, each (path inside a zip or on disk, label); a zip is opened once per process (DataLoader workers)."""
+    """Image files, each (path in a zip or on disk, label); a zip is opened once per process (DataLoader workers)."""
 
     def __init__(self, files, labels, zip_path=None):
         self.files, self.labels, self.zip_path = files, [int(y) for y in labels], zip_path
@@ -141,7 +141,7 @@ def _tiny_imagenet(data_dir):
             raise DataError(
                 f"dataset 'tiny-imagenet' is not in {data_dir!r} (looked for {', '.join(candidates)}) and could not be "
                 f"downloaded from {TINY_URL} ({_first_line(e)}). Put tiny-imagenet-200.zip, or the folder it "
-                f"extracts to, in --data-dir (offline here: --data-dir ../shared/data has the subset archive).") from None
+                f"extracts to, in --data-dir (offline here, ../shared/data has the subset archive).") from None
     if found.endswith('.zip'):
         zip_path = found
         names = zipfile.ZipFile(found).namelist()

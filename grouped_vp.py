@@ -27,8 +27,9 @@ class GroupedLoRVPPrompt(nn.Module):
     def __init__(self, *, shape: tuple[int, int, int], groups: int, rank: int, init_std: float = 0.01):
         super().__init__()
         C, H, W = shape
-        if not 1 <= groups <= C:
-            raise ValueError(f'groups must be in [1, C]: {groups} groups for a {C}-channel block input')
+        if not 1 <= groups <= C or rank < 1:
+            raise ValueError(f'groups must be in [1, C] and rank >= 1: {groups} groups of rank {rank} for a '
+                             f'{C}-channel block input')
         sizes = torch.tensor([len(s) for s in torch.tensor_split(torch.arange(C), groups)])
         self.register_buffer('group_of_channel', torch.repeat_interleave(torch.arange(groups), sizes),
                              persistent=False)  # (C,) channel -> its group
@@ -83,5 +84,5 @@ def deep_lorvp(*, backbone, input_size, rank=4, rho=0.5, init_std=0.01, vit_layo
 
 
 def naive_deep_vp(*, backbone, input_size, rho=0.5, vit_layout='patches') -> DeepPrompts:
-    return DeepPrompts(backbone=backbone, input_size=input_size, make_prompt=lambda l, shape, _: DensePrompt(shape=shape),
-                       rho=rho, vit_layout=vit_layout)
+    return DeepPrompts(backbone=backbone, input_size=input_size, rho=rho, vit_layout=vit_layout,
+                       make_prompt=lambda l, shape, _: DensePrompt(shape=shape))

@@ -46,7 +46,7 @@ def lif(P, *, tau, v_th, v_reset, spike):
     V = torch.full_like(P[:, 0], v_reset)
     S, H = [], []
     for t in range(P.shape[1]):
-        # Eq. (6): H_t = V_{t-1} + (P_t - (V_{t-1} - V_reset)) / tau   (input scaled by 1 / tau: SpikingJelly decay_input)
+        # Eq. (6): H_t = V_{t-1} + (P_t - (V_{t-1} - V_reset)) / tau   (input scaled by 1/tau: decay_input)
         h = V + (P[:, t] - (V - v_reset)) / tau
         # Eq. (7): S_t = Theta(H_t - V_th)
         s = spike(h - v_th)

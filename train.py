@@ -365,13 +365,13 @@ def train(a, model, splits, out):
     eval_dl = lambda ds: loader(ds, a.batch_size, a)
     for epoch in range(start, a.epochs):
         torch.manual_seed(a.seed * 100_003 + epoch)  # dropout masks etc.: the same with and without a resume
+        t0, loss_sum, correct, seen = time.time(), 0.0, 0, 0
         for m in model.modules():
-            if hasattr(m, 'on_epoch_start'):  # label mappings (ILM, FLM, FreqMap)
+            if hasattr(m, 'on_epoch_start'):  # label mappings (ILM, FLM, FreqMap): a pass over the training set
                 m.on_epoch_start(model, eval_dl(splits.train), epoch)
         model.train()
         dl = loader(splits.train, a.batch_size, a, seed=a.seed * 100_003 + epoch)
         progress = Progress(len(dl), f'epoch {epoch + 1}/{a.epochs}')
-        t0, loss_sum, correct, seen = time.time(), 0.0, 0, 0
         for i, (x, y) in enumerate(dl):
             step = epoch * steps_per_epoch + i
             for g in opt.param_groups:
@@ -455,8 +455,8 @@ def measure_speed(a, model, K, reps):
     best = {k: min(v) for k, v in times.items()}
     return dict(step_ms=1e3 * best['step'], floor_step_ms=1e3 * best['floor_step'],
                 step_ratio=best['step'] / best['floor_step'], latency_ms=1e3 * best['latency'] / len(x),
-                floor_latency_ms=1e3 * best['floor_latency'] / len(x), latency_ratio=best['latency'] / best['floor_latency'],
-                speed_batch=len(x))
+                floor_latency_ms=1e3 * best['floor_latency'] / len(x),
+                latency_ratio=best['latency'] / best['floor_latency'], speed_batch=len(x))
 
 
 # ---- main ----

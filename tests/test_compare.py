@@ -26,6 +26,9 @@ def test_compare_writes_the_table_and_skips_finished_runs(tmp_path, monkeypatch,
     capsys.readouterr()
     compare.main(['--protocol', 'offline-cifar10', '--tag', 't', '--methods', 'lp,lorvp', '--seeds', '0,1', *TINY])
     assert capsys.readouterr().out.count('done before, read back') == 4
+    changed = [a if a != '1' else '2' for a in TINY]  # --epochs 2: the old runs must not pass for these
+    with pytest.raises(SystemExit, match='other settings'):
+        compare.main(['--protocol', 'offline-cifar10', '--tag', 't', '--methods', 'lp', '--seeds', '0', *changed])
 
 
 def test_compare_refuses_untagged_changes_and_unknown_methods(tmp_path, monkeypatch):
@@ -44,7 +47,8 @@ def test_compare_tunes_lr_on_validation(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / 'results' / 'offline-cifar10-tune.json').read_text())
     assert set(map(float, saved['tuning']['lp'])) == {0.1, 10.0}  # json keys are strings
     chosen = saved['lr_multipliers']['lp']
-    config = json.loads((tmp_path / 'runs' / 'offline-cifar10-tune' / 'lp-s0' / 'config.json').read_text())
+    run = 'lp-s0' if chosen == 1 else f'lp-lr{chosen:g}-s0'
+    config = json.loads((tmp_path / 'runs' / 'offline-cifar10-tune' / run / 'config.json').read_text())
     assert config['args']['lr'] == pytest.approx(train.RECIPES['lp']['lr'] * chosen)
 
 

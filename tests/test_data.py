@@ -51,8 +51,7 @@ def test_tiny_imagenet_subset_archive(tmp_path, form):
     assert s.num_classes == 200 and len(s.test) == 20
     x, y = s.test[0]
     assert x.shape == (3, 64, 64) and 0 <= x.min() and x.max() <= 1
-    wnids = sorted(open(os.path.join(str(tmp_path), 'tiny-imagenet-200', 'wnids.txt')).read().split()) \
-        if form == 'extracted' else sorted(zipfile.ZipFile(archive).read('tiny-imagenet-200/wnids.txt').decode().split())
+    wnids = sorted(zipfile.ZipFile(archive).read('tiny-imagenet-200/wnids.txt').decode().split())
     assert y == wnids.index('n03444034')  # val_0.JPEG n03444034 (the archive's first annotation)
     if form == 'zip':
         assert len(s.train) == 200 * 100  # the subset: 100 training images per class

@@ -119,7 +119,8 @@ def test_resnet_shapes_and_the_fig4a_counts():
 
 def test_vit_b16_counts_against_table_4():
     """796 parameters per rank unit on ViT-B/16. Table 4's 168K / 169K (head 153,800) are reproduced by the
-    den_d schedule with patch tokens, or by Eq. (8) on the whole sequence; not by Eq. (8) with patch tokens (spec 2.6)."""
+    den_d schedule with patch tokens, or by Eq. (8) on the whole sequence; not by Eq. (8) with patch tokens
+    (spec 2.6)."""
     head = 768 * 200 + 200
     count = lambda **kw: sum(q.numel() for q in lotep.lotep(backbone=meta('vit_base_patch16_224'),
                                                              input_size=(3, 224, 224), rho=1 / 3, **kw).parameters())
@@ -206,7 +207,7 @@ def test_prompts_reach_only_blocks_below_d_and_detach_restores(family):
     for l in range(len(blocks)):
         added = seen[l] - raw[l]
         if l < deep.d:  # X_l + P_l, P_l laid out for this block and broadcast over the batch
-            assert torch.allclose(added, deep.laid_out(l, deep.prompts[l]()).expand_as(added), atol=1e-5)
+            assert torch.allclose(added, deep.laid_out(deep.prompts[l]()).expand_as(added), atol=1e-5)
             assert torch.count_nonzero(added) > 0
         else:
             assert torch.count_nonzero(added) == 0
@@ -221,7 +222,7 @@ def test_vit_cls_untouched_and_patch_order():
     C, Hp, Wp = deep.shapes[0]
     one_hot = torch.zeros(C, Hp, Wp)
     one_hot[5, 1, 0] = 1.0  # channel 5 at grid (i, j) = (1, 0)
-    tokens = deep.laid_out(0, one_hot)  # (p + N, D)
+    tokens = deep.laid_out(one_hot)  # (p + N, D)
     p = model.backbone.num_prefix_tokens
     assert tokens.shape == (p + Hp * Wp, C) and torch.count_nonzero(tokens[:p]) == 0
     assert tokens[p + 1 * Wp + 0, 5] == 1.0 and torch.count_nonzero(tokens) == 1
@@ -233,7 +234,7 @@ def test_swin_prompt_is_laid_out_nhwc():
     model, deep, x = prompted('swin', rho=1.0)
     C, H, W = deep.shapes[0]
     P = torch.randn(C, H, W)
-    assert deep.layout == 'nhwc' and torch.equal(deep.laid_out(0, P), P.permute(1, 2, 0))
+    assert deep.layout == 'nhwc' and torch.equal(deep.laid_out(P), P.permute(1, 2, 0))
 
 
 def test_eval_builds_prompts_once_until_a_parameter_changes():
@@ -258,6 +259,8 @@ def test_eval_builds_prompts_once_until_a_parameter_changes():
     with torch.no_grad():
         assert torch.allclose(model(x), out, atol=1e-5)  # the cached and rebuilt prompts agree
     assert calls['n'] == 3
+    model.eval()
+    assert torch.equal(model(x).detach(), out)  # with grad: added out of place; without: in place; same numbers
 
 
 def test_unknown_backbone_and_bad_depth_are_clear_errors():

@@ -34,7 +34,8 @@ def build(method, *extra):
 def closed_form(method, model, a):
     """Each paper's parameter count, from the method's own formula and the block shapes."""
     F_dim, S = model.backbone.num_features, SIZE
-    head = {'lp': (F_dim + 1) * K, 'fm': (1000 + 1) * K}.get(a.label_map or train.DEFAULT_LABEL_MAP.get(method, 'lp'), 0)
+    mapping = a.label_map or train.DEFAULT_LABEL_MAP.get(method, 'lp')
+    head = {'lp': (F_dim + 1) * K, 'fm': (1000 + 1) * K}.get(mapping, 0)  # label mappings have no parameters
     if method == 'ft':
         return sum(p.numel() for p in model.parameters())
     if method.startswith('lotep'):
@@ -109,3 +110,15 @@ def test_step0_and_two_steps_change_only_the_method(method):
     after = model.backbone.state_dict()
     assert state_equal({k: buffers[k] for k in frozen_state}, {k: after[k] for k in frozen_state})
     assert all(p.grad is None for n, p in model.named_parameters() if n in frozen)
+
+
+@pytest.mark.parametrize('method,mapping', [('vpt_deep', 'fm'), ('lotep_cp', 'ilm'), ('lorvp', 'freq'),
+                                            ('lorsp', 'flm')])
+def test_any_method_takes_any_output_mapping(method, mapping):
+    a, model = build(method, '--label-map', mapping, '--map-k', '2')
+    x = torch.rand(3, 3, SIZE, SIZE)
+    for m in model.modules():
+        if hasattr(m, 'on_epoch_start'):
+            m.on_epoch_start(model, [(x, torch.tensor([0, 1, 2]))], 0)
+    with torch.no_grad():
+        assert model(x).shape == (3, K)

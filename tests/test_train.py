@@ -57,7 +57,6 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     args = ['--method', 'lorsp_dropout', '--epochs', '3', '--lr', '0.05']  # a method that draws random masks
     whole = run(tmp_path, *args, name='whole')
 
-    calls = {'n': 0}
     original = train.Progress.update
 
     def killed_in_epoch_2(self, i, *rest):
@@ -72,7 +71,8 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     resumed = train.main(['--resume', '--out', str(tmp_path / 'killed')])
 
     assert resumed['test_acc'] == whole['test_acc']
-    assert [m['train_loss'] for m in metrics(tmp_path, 'killed')] == [m['train_loss'] for m in metrics(tmp_path, 'whole')]
+    losses = lambda name: [m['train_loss'] for m in metrics(tmp_path, name)]
+    assert losses('killed') == losses('whole')
     a = torch.load(tmp_path / 'whole' / 'checkpoint.pt', weights_only=False)
     b = torch.load(tmp_path / 'killed' / 'checkpoint.pt', weights_only=False)
     assert state_equal(a['model'], b['model'])
@@ -102,6 +102,17 @@ def test_bad_input_ends_with_one_clear_message(tmp_path, capsys, no_network):
     expect_usage_error(capsys, ['--method', 'lp', '--model', 'test_vit', '--no-pretrained', '--dataset', 'cifar100',
                                 '--data-dir', str(tmp_path / 'nodata'), *out], "'cifar100'", 'nodata')
     expect_usage_error(capsys, ['--resume', '--out', str(tmp_path / 'never')], 'no run to resume')
+    expect_usage_error(capsys, [*SYNTH, '--method', 'lotep_cp', '--rho', '1.5', *out], 'rho must be in (0, 1]')
+    expect_usage_error(capsys, [*SYNTH, '--method', 'lotep_tk', '--rank', '0', *out], 'r0 must be an integer >= 1')
+    expect_usage_error(capsys, [*SYNTH, '--method', 'lorvp', '--rank', '0', *out], '--rank must be >= 1')
+    expect_usage_error(capsys, [*SYNTH, '--method', 'grouped_lorvp', '--groups', '0', *out], 'groups must be in')
+    expect_usage_error(capsys, [*SYNTH, '--method', 'lorsp_topk', '--sparsity', '1.2', *out], '--sparsity')
+    expect_usage_error(capsys, [*SYNTH, '--method', 'autovp', '--label-map', 'freq', '--map-k', '0', *out],
+                       '--map-k')
+    expect_usage_error(capsys, [*SYNTH, '--method', 'ilm_vp', '--image-scale', '1.5', *out], '--image-scale')
+    expect_usage_error(capsys, ['--method', 'vpt_deep', '--model', 'test_resnet', '--no-pretrained', '--dataset',
+                                'synthetic', *out], 'needs a ViT')
+    expect_usage_error(capsys, [*SYNTH, '--method', 'lp', '--save-prompts', '4', *out], 'lorsp')
     expect_usage_error(capsys, [*SYNTH, '--method', 'lp', '--rho', '0.5', '--device', 'cuda:7', *out] if
                        not torch.cuda.is_available() else ['--method', 'nope'], 'cuda' if not
                        torch.cuda.is_available() else 'invalid choice')
