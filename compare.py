@@ -92,15 +92,16 @@ def run_one(argv, out, label):
 def tune_lr(name, settings, method, scales, extra, runs_dir):
     """Same budget for every method: one run per lr multiplier at seed 0 with 10% of the training images held out;
     the multiplier with the best validation accuracy wins (test accuracy is never looked at)."""
-    results = {}
+    results, wall = {}, 0.0
     for scale in scales:
         out = os.path.join(runs_dir, 'tune', f'{method}-lr{scale:g}')
         argv = train_argv(settings, method, 0, out, [*extra, '--val-split', '0.1', '--lr-scale', str(scale)], 0)
         s = run_one(argv, out, f'[tune {name}] {method} lr x{scale:g}')
         if s is not None:
             results[scale] = s['val_acc']
+            wall += s.get('wall_s') or 0.0
     best = max(results, key=lambda k: (results[k], -abs(k - 1))) if results else 1.0
-    return best, results
+    return best, results, wall
 
 
 def fmt_params(n):
@@ -111,13 +112,14 @@ def shown(settings):
     return {**settings, 'data_dir': os.path.relpath(settings['data_dir'])}  # ../shared/data, not this machine's path
 
 
-def table(rows, settings, name, seeds, wall_s, tuned):
+def table(rows, settings, name, seeds, wall_s, tuned, tune_wall_s):
     head = ('| method | test acc % (mean ± std, n) | trainable params | train time s | train img/s | latency ms/img '
             '| step / bare | latency / bare |')
     lines = [f'# {name}', '', f'Settings: {json.dumps(shown(settings))}; seeds {seeds}.',
              f'Machine: {platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}' +
              (f', {torch.cuda.get_device_name()}' if torch.cuda.is_available() else '') +
-             f'. Wall time of all runs: {wall_s / 60:.1f} min.', '',
+             f'. Wall time of all runs: {wall_s / 60:.1f} min' +
+             (f' (and {tune_wall_s / 60:.1f} min of lr tuning before them)' if tuned else '') + '.', '',
              'Accuracy: the final epoch on the test images (no selection on test). Speed columns come from the seed-0 '
              'run: its training step and inference latency against the bare frozen backbone with the same head '
              '(forward + backward to the input / forward), batch 32, best of the repetitions.', '', head,
@@ -165,11 +167,12 @@ def main(argv=None):
     runs_dir = a.runs_dir or os.path.join('runs', name)
     extra = a.extra.split()
 
-    tuned, tuning = {}, {}
+    tuned, tuning, tune_wall = {}, {}, 0.0
     if a.tune_lr:
         scales = [float(s) for s in a.tune_lr.split(',')]
         for m in methods:
-            tuned[m], tuning[m] = tune_lr(name, settings, m, scales, extra, runs_dir)
+            tuned[m], tuning[m], w = tune_lr(name, settings, m, scales, extra, runs_dir)
+            tune_wall += w
             print(f'[tune {name}] {m}: val acc by lr multiplier {tuning[m]} -> x{tuned[m]:g}', flush=True)
 
     rows, wall, results = [], 0.0, []
@@ -196,7 +199,7 @@ def main(argv=None):
         rows.append(row)
 
     os.makedirs('results', exist_ok=True)
-    md = table(rows, settings, name, seeds, wall, tuned)
+    md = table(rows, settings, name, seeds, wall, tuned, tune_wall)
     if tuning:
         md += '\nlr multipliers tried on a validation split (10% of the training images, seed 0), val acc %:\n\n' + \
             '\n'.join(f'- {m}: ' + ', '.join(f'x{k:g} {v:.2f}' for k, v in t.items()) + f' -> x{tuned[m]:g}'
@@ -205,7 +208,8 @@ def main(argv=None):
         f.write(md)
     with open(os.path.join('results', f'{name}.json'), 'w') as f:
         json.dump(dict(protocol=a.protocol, name=name, settings=shown(settings), seeds=seeds, methods=methods,
-                       lr_multipliers=tuned, tuning=tuning, wall_s=wall, rows=rows, runs=results), f, indent=1)
+                       lr_multipliers=tuned, tuning=tuning, wall_s=wall, tune_wall_s=tune_wall, rows=rows, runs=results),
+                  f, indent=1)
     print(md)
     return rows
 

@@ -16,6 +16,7 @@ Where the data comes from:
 """
 import io
 import os
+import pathlib
 import zipfile
 from dataclasses import dataclass
 
@@ -142,22 +143,24 @@ def _tiny_imagenet(data_dir):
                 f"dataset 'tiny-imagenet' is not in {data_dir!r} (looked for {', '.join(candidates)}) and could not be "
                 f"downloaded from {TINY_URL} ({_first_line(e)}). Put tiny-imagenet-200.zip, or the folder it "
                 f"extracts to, in --data-dir (offline here, ../shared/data has the subset archive).") from None
+    texts = ('wnids.txt', 'val/val_annotations.txt')
     if found.endswith('.zip'):
         zip_path = found
-        names = zipfile.ZipFile(found).namelist()
-        root = next(n[:-len('wnids.txt')] for n in names if n.endswith('wnids.txt'))
-        read = lambda rel: zipfile.ZipFile(found).read(root + rel).decode()
+        with zipfile.ZipFile(found) as z:
+            names = z.namelist()
+            root = next(n[:-len('wnids.txt')] for n in names if n.endswith('wnids.txt'))
+            wnids_txt, val_txt = [z.read(root + rel).decode() for rel in texts]
     else:
         zip_path, root = None, found + os.sep
         names = [os.path.relpath(os.path.join(d, f), found).replace(os.sep, '/')
                  for d, _, fs in os.walk(found) for f in fs]
         names = [root + n for n in names]
-        read = lambda rel: open(root + rel).read()
-    wnids = sorted(read('wnids.txt').split())  # label = index in sorted wnids (torchvision ImageFolder order)
+        wnids_txt, val_txt = [pathlib.Path(root + rel).read_text() for rel in texts]
+    wnids = sorted(wnids_txt.split())  # label = index in sorted wnids (torchvision ImageFolder order)
     label = {w: i for i, w in enumerate(wnids)}
     train = sorted(n for n in names if n.startswith(root + 'train/') and n.endswith('.JPEG'))
     train_labels = [label[n[len(root + 'train/'):].split('/')[0]] for n in train]
-    rows = [line.split('\t') for line in read('val/val_annotations.txt').splitlines() if line.strip()]
+    rows = [line.split('\t') for line in val_txt.splitlines() if line.strip()]
     rows.sort(key=lambda r: int(r[0].split('_')[1].split('.')[0]))  # val_0, val_1, ... (the "first N" test images)
     test = [root + 'val/images/' + r[0] for r in rows]
     return FileImages(train, train_labels, zip_path), FileImages(test, [label[r[1]] for r in rows], zip_path)

@@ -46,6 +46,8 @@ def test_compare_tunes_lr_on_validation(tmp_path, monkeypatch):
                   '--tune-lr', '0.1,10', *TINY])
     saved = json.loads((tmp_path / 'results' / 'offline-cifar10-tune.json').read_text())
     assert set(map(float, saved['tuning']['lp'])) == {0.1, 10.0}  # json keys are strings
+    assert saved['tune_wall_s'] > 0
+    assert 'min of lr tuning' in (tmp_path / 'results' / 'offline-cifar10-tune.md').read_text()
     chosen = saved['lr_multipliers']['lp']
     run = 'lp-s0' if chosen == 1 else f'lp-lr{chosen:g}-s0'
     config = json.loads((tmp_path / 'runs' / 'offline-cifar10-tune' / run / 'config.json').read_text())
