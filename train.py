@@ -508,7 +508,8 @@ def run(a, argv):
 
     summary = dict(method=a.method, model=a.model, dataset=a.dataset, seed=a.seed, epochs=a.epochs,
                    img_size=a.img_size, test_acc=history[-1]['test_acc'],
-                   best_test_acc=max(h['test_acc'] for h in history))
+                   best_test_acc=max(h['test_acc'] for h in history),
+                   best_test_acc_is="the max over epochs on the test set: LoR-VP's protocol, which selects on test")
     if splits.val is not None:
         best = max(range(len(history)), key=lambda i: (history[i]['val_acc'], -i))  # first epoch of the best val acc
         summary.update(val_acc=history[best]['val_acc'], val_selected_epoch=best + 1,

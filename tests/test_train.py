@@ -30,7 +30,7 @@ def test_lp_and_ft_lower_the_loss(tmp_path, method, lr):
     losses = [m['train_loss'] for m in metrics(tmp_path)]
     assert losses[-1] < 0.6 * losses[0] and losses[-1] < 1.0  # chance level is ln 10 = 2.30
     assert s['test_acc'] > 60  # 10 classes
-    assert set(s) >= {'method', 'model', 'dataset', 'test_acc', 'best_test_acc', 'trainable_params',
+    assert set(s) >= {'method', 'model', 'dataset', 'test_acc', 'best_test_acc', 'best_test_acc_is', 'trainable_params',
                       'backbone_params', 'train_time_s', 'train_images_per_s', 'peak_mem_gb'}
 
 
