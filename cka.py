@@ -29,20 +29,14 @@ def linear_cka(K: torch.Tensor, L: torch.Tensor) -> float:
 
 def load_run(run_dir, method=None):
     """The trained model of a run directory (or, with method='lp', the frozen base model it started from)."""
-    with open(os.path.join(run_dir, 'config.json')) as f:
-        saved = json.load(f)['args']
-    a = train.parse(['--method', saved['method']])
-    vars(a).update(saved)
+    a = train.saved_args(run_dir)
     a.device, a.resume = 'cpu', False
     if method is not None:
         a.method, a.label_map, a.save_prompts = method, 'lp', 0
     a = train.resolve(a)
-    torch.manual_seed(a.seed)  # as train.py builds it: the same backbone and head init
-    model = train.METHODS[a.method](a, data.NUM_CLASSES[a.dataset])
+    model = train.build(a)  # seeded as train.py built it: the same backbone and head init
     if method is None:
-        state = torch.load(os.path.join(run_dir, 'checkpoint.pt'), map_location='cpu', weights_only=False)['model']
-        missing = model.load_state_dict(state, strict=False)
-        assert not missing.unexpected_keys, missing.unexpected_keys
+        train.load_checkpoint(model, os.path.join(run_dir, 'checkpoint.pt'), 'cpu')
     return a, model.eval()
 
 

@@ -23,9 +23,9 @@ import time
 import torch
 
 import train
+from data import SHARED_DATA
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED_DATA = os.path.join(os.path.dirname(HERE), 'shared', 'data')
 
 # The protocols, in one place. Every method of a comparison gets exactly these settings; the optimizer, lr and schedule
 # are each method's recipe (train.RECIPES), the same across seeds.
@@ -55,38 +55,38 @@ def train_argv(settings, method, seed, out, extra=(), speed_reps=5):
     return argv + list(extra)
 
 
+def read_json(path, default=None):
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
 def run_one(argv, out, label):
     """One train.py run in its own process (memory freed, a crash contained); returns its summary or None.
     A run directory is reused (read back, or resumed) only if it was made by exactly this command."""
-    summary, config = os.path.join(out, 'summary.json'), os.path.join(out, 'config.json')
-    if os.path.exists(config):
-        with open(config) as f:
-            made_by = json.load(f)['command']
-        if made_by != 'python train.py ' + ' '.join(argv):
-            raise SystemExit(f'error: {out} holds a run made with other settings ({made_by}); remove it, or give '
-                             f'this comparison another --tag or --runs-dir')
+    summary, config, wall = (os.path.join(out, n) for n in ('summary.json', 'config.json', 'wall.json'))
+    made_by = (read_json(config) or {}).get('command')
+    if made_by is not None and made_by != 'python train.py ' + ' '.join(argv):
+        raise SystemExit(f'error: {out} holds a run made with other settings ({made_by}); remove it, or give '
+                         f'this comparison another --tag or --runs-dir')
     if os.path.exists(summary):
         print(f'{label}: done before, read back')
     else:
-        resume = os.path.exists(config)
+        resume = made_by is not None
         cmd = [sys.executable, os.path.join(HERE, 'train.py')] + (['--resume', '--out', out] if resume else argv)
         os.makedirs(out, exist_ok=True)
         print(f'{label}: {"resuming" if resume else "running"} {" ".join(cmd[1:])}', flush=True)
         t0 = time.time()
         with open(os.path.join(out, 'log.txt'), 'a') as log:
             code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-        wall_path = os.path.join(out, 'wall.json')
-        before = json.load(open(wall_path))['wall_s'] if os.path.exists(wall_path) else 0.0
-        with open(wall_path, 'w') as f:
-            json.dump({'wall_s': before + time.time() - t0}, f)
+        wall_s = read_json(wall, {'wall_s': 0.0})['wall_s'] + time.time() - t0  # summed over a resumed run's sessions
+        with open(wall, 'w') as f:
+            json.dump({'wall_s': wall_s}, f)
         if code != 0:
             print(f'{label}: FAILED (exit {code}); see {out}/log.txt', flush=True)
             return None
-    with open(summary) as f:
-        s = json.load(f)
-    wall_path = os.path.join(out, 'wall.json')
-    s['wall_s'] = json.load(open(wall_path))['wall_s'] if os.path.exists(wall_path) else None
-    return s
+    return {**read_json(summary), 'wall_s': read_json(wall, {}).get('wall_s')}
 
 
 def tune_lr(name, settings, method, scales, extra, runs_dir):
@@ -208,8 +208,8 @@ def main(argv=None):
         f.write(md)
     with open(os.path.join('results', f'{name}.json'), 'w') as f:
         json.dump(dict(protocol=a.protocol, name=name, settings=shown(settings), seeds=seeds, methods=methods,
-                       lr_multipliers=tuned, tuning=tuning, wall_s=wall, tune_wall_s=tune_wall, rows=rows, runs=results),
-                  f, indent=1)
+                       lr_multipliers=tuned, tuning=tuning, wall_s=wall, tune_wall_s=tune_wall, rows=rows,
+                       runs=results), f, indent=1)
     print(md)
     return rows
 

@@ -26,6 +26,8 @@ from torch.utils.data import Dataset, Subset
 from torchvision.transforms.v2 import functional as TF
 
 TINY_URL = 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'
+# ../shared/data beside this project: the offline copies (cifar10.npz, the Tiny-ImageNet subset) on the project machines
+SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'shared', 'data')
 NUM_CLASSES = {'cifar10': 10, 'cifar100': 100, 'tiny-imagenet': 200, 'eurosat': 10, 'oxford-pets': 37,
                'food101': 101, 'dtd': 47, 'flowers102': 102, 'svhn': 10, 'gtsrb': 43, 'synthetic': 10}
 DATASETS = sorted(NUM_CLASSES)

@@ -344,14 +344,35 @@ class Progress:
             self.shown = quarter
 
 
+def saved_args(out):
+    """The arguments a run in directory out was started with (its config.json, over today's defaults)."""
+    with open(os.path.join(out, 'config.json')) as f:
+        saved = json.load(f)['args']
+    a = parse(['--method', saved['method']])
+    vars(a).update(saved)
+    return a
+
+
+def build(a):
+    """The model of a run: seeded, so a resumed or re-built run gets the same head (and prompt) initialisation."""
+    torch.manual_seed(a.seed)
+    return METHODS[a.method](a, data.NUM_CLASSES[a.dataset]).to(a.device)
+
+
+def load_checkpoint(model, path, device):
+    """Loads a run's trainable state into model (the frozen backbone is not in it); returns the checkpoint."""
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    result = model.load_state_dict(ckpt['model'], strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys
+    return ckpt
+
+
 def train(a, model, splits, out):
     opt = make_optimizer(a, model)
     metrics_path, ckpt_path = os.path.join(out, 'metrics.jsonl'), os.path.join(out, 'checkpoint.pt')
     history, start, train_time, images_seen = [], 0, 0.0, 0
     if a.resume and os.path.exists(ckpt_path):
-        ckpt = torch.load(ckpt_path, map_location=a.device, weights_only=False)
-        result = model.load_state_dict(ckpt['model'], strict=False)
-        assert not result.unexpected_keys, result.unexpected_keys
+        ckpt = load_checkpoint(model, ckpt_path, a.device)
         opt.load_state_dict(ckpt['optimizer'])
         start, train_time, images_seen = ckpt['epoch'] + 1, ckpt['train_time_s'], ckpt['images_seen']
         with open(metrics_path) as f:
@@ -476,8 +497,8 @@ def run(a, argv):
     if a.resume:
         if not os.path.exists(config_path):
             raise UsageError(f'no run to resume in {out!r} (no config.json); give --out the run directory')
-        with open(config_path) as f:
-            a = argparse.Namespace(**{**json.load(f)['args'], 'resume': True, 'out': out})
+        a = saved_args(out)
+        a.resume, a.out = True, out
         if os.path.exists(summary_path):
             print(f'{out} has already finished; its summary:')
             with open(summary_path) as f:
@@ -487,8 +508,7 @@ def run(a, argv):
     elif os.path.exists(config_path):
         raise UsageError(f'{out!r} already holds a run; continue it with --resume, or choose another --out')
     a = resolve(a)
-    torch.manual_seed(a.seed)
-    model = METHODS[a.method](a, data.NUM_CLASSES[a.dataset]).to(a.device)  # model errors before data loading
+    model = build(a)  # model errors before data loading
     splits = data.load(a.dataset, data_dir=a.data_dir, img_size=a.img_size, seed=a.seed,
                        train_per_class=a.train_per_class, test_limit=a.test_limit, val_split=a.val_split)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
 sys.path.insert(0, ROOT)
+from data import SHARED_DATA  # noqa: E402  (../shared/data beside the project)
 
 needs_cifar10 = pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_DATA, 'cifar10.npz')),
                                    reason='../shared/data/cifar10.npz is not here (it ships with the project machines)')

@@ -74,6 +74,12 @@ class Block(nn.Module):
         return F.relu(y) if self.post_relu else y  # post_relu: torchvision ResNet's relu(out + identity)
 
 
+def numerical_rank(P: torch.Tensor) -> int:
+    """#{sigma_k > 1e-5 sigma_1} of the float64 SVD of P flattened to (c, hw)."""
+    sigma = torch.linalg.svdvals(P.double().flatten(1))  # (c, h, w) -> (c, hw) -> (min(c, hw),)
+    return int((sigma > 1e-5 * sigma[0]).sum())
+
+
 def run(s: Setting):
     """Train the prompts; return [(shape, measured rank, bound)] for blocks i = 1..L."""
     g = torch.Generator().manual_seed(s.seed)
@@ -109,9 +115,7 @@ def run(s: Setting):
         opt.step()
     rows = []
     for i, (shape, P) in enumerate(zip(shapes, prompts), start=1):
-        sigma = torch.linalg.svdvals(P.detach().double().flatten(1))  # (c_i, h_i w_i)
-        rank = int((sigma > 1e-5 * sigma[0]).sum())
-        rows.append((shape, rank, (1 + s.L - i) * s.r + 1))
+        rows.append((shape, numerical_rank(P.detach()), (1 + s.L - i) * s.r + 1))
     return rows
 
 

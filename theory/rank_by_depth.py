@@ -23,8 +23,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import train  # noqa: E402
-
-SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(HERE)), 'shared', 'data')
+from data import SHARED_DATA  # noqa: E402
+from prop1_rank_bound import numerical_rank  # noqa: E402  (the same rank threshold as the synthetic check)
 
 
 def effective_rank(P: torch.Tensor, energy: float) -> int:
@@ -41,10 +41,8 @@ def analyse(run_dir):
     rows = []
     for l, P in prompts:
         C, H, W = P.shape
-        sigma = torch.linalg.svdvals(P.double().flatten(1))
         rows.append(dict(block=l, shape=f'{C}x{H}x{W}', max_rank=min(C, H * W), eff90=effective_rank(P, 0.90),
-                         eff99=effective_rank(P, 0.99), numerical=int((sigma > 1e-5 * sigma[0]).sum()),
-                         norm=float(P.norm())))
+                         eff99=effective_rank(P, 0.99), numerical=numerical_rank(P), norm=float(P.norm())))
     return rows
 
 
