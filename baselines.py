@@ -48,7 +48,9 @@ class BorderPrompt(nn.Module):
 
     squash=True: the border is sigmoid(delta), a learned image in (0, 1) starting at 0.5 grey (ILM-VP, AutoVP).
     squash=False: the border is delta itself, starting at 0 (EVP). Only border entries are parameters, so the count
-    is the effective one, 3 (S^2 - s^2) (ILM-VP at 224 with a 32-px CIFAR image: 147,456)."""
+    is the effective one, 3 (S^2 - s^2) (ILM-VP at 224 with a 32-px CIFAR image: 147,456).
+    For EVP's update, every training forward keeps canvas_grad: the gradient of the loss with respect to a perturbation
+    of the whole 3 x S x S canvas (image area included), which is what EVP's official prompt tensor receives."""
 
     def __init__(self, *, canvas: int, inner: int, squash: bool, channels: int = 3):
         super().__init__()
@@ -60,6 +62,7 @@ class BorderPrompt(nn.Module):
         mask[:, self.left:self.left + inner, self.left:self.left + inner] = False
         self.register_buffer('border_index', mask.flatten().nonzero().squeeze(1), persistent=False)
         self.delta = nn.Parameter(torch.zeros(len(self.border_index)))
+        self.canvas_grad = None
 
     def border(self):  # (c, S, S), zero over the image
         values = torch.sigmoid(self.delta) if self.squash else self.delta
@@ -70,7 +73,10 @@ class BorderPrompt(nn.Module):
         x = F.interpolate(x, size=(self.inner, self.inner), mode='bilinear', antialias=True, align_corners=False)
         right = self.canvas - self.inner - self.left
         x = F.pad(x, (self.left, right, self.left, right))  # centred on a zero canvas
-        return x + self.border()
+        x = x + self.border()
+        if x.requires_grad:  # dL/d(a perturbation added to every image) = the batch sum of dL/dx: (c, S, S)
+            x.register_hook(lambda g: setattr(self, 'canvas_grad', g.sum(0)))
+        return x
 
     @staticmethod
     def num_trainable(canvas, inner, channels=3):
@@ -108,7 +114,10 @@ class SourceLabelMap(nn.Module):
     def __init__(self, *, num_classes: int, num_source: int = 1000, k: int = 1, interval: int | None = 1):
         super().__init__()
         if k < 1 or (interval is not None and interval < 1):
-            raise ValueError(f'--map-k and --map-interval must be >= 1, got {k} and {interval}')
+            raise ValueError(f'map_k and map_interval must be >= 1, got {k} and {interval}')
+        if num_classes * k > num_source:
+            raise ValueError(f'{num_classes} target classes x map_k {k} source classes each need {num_classes * k} '
+                             f'source classes; the backbone has {num_source}')
         self.num_classes, self.num_source, self.k, self.interval = num_classes, num_source, k, interval
         self.register_buffer('mapping', torch.arange(num_classes * k).view(num_classes, k))  # (C, k)
         self.register_buffer('computed', torch.tensor(False))
@@ -135,12 +144,15 @@ class SourceLabelMap(nn.Module):
 # ---- EVP's update rule ----
 
 class EVPUpdate(torch.optim.Optimizer):
-    """EVP: for the prompt, g = dL/d(prompt) (batch mean), prompt <- prompt - lr g / ||g||_2 (norm over the whole
-    prompt tensor); no momentum, no weight decay. Groups with normalized=False (the head) take plain SGD with
-    momentum 0.9 and weight decay."""
+    """EVP's update rule (spec baselines.md sec. 5), for a BorderPrompt with squash=False:
+        g = dL/d(prompt) over the whole canvas, g <- g / ||g||_2 (norm over all 3 x S x S entries, image area too),
+        masked to the border, prompt <- prompt - lr g;  no momentum, no weight decay.
+    The border entries of g are exactly delta.grad, so the step is delta <- delta - lr delta.grad / ||canvas_grad||.
+    Groups with normalized=False (the head) take plain SGD with momentum 0.9 and weight decay."""
 
-    def __init__(self, param_groups, *, lr, weight_decay=0.0, momentum=0.9):
+    def __init__(self, param_groups, *, prompt: BorderPrompt, lr, weight_decay=0.0, momentum=0.9):
         super().__init__(param_groups, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, normalized=False))
+        self.prompt = prompt
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -149,7 +161,10 @@ class EVPUpdate(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 if group['normalized']:
-                    p.sub_(p.grad / (p.grad.norm() + 1e-12), alpha=group['lr'])
+                    canvas_grad = self.prompt.canvas_grad
+                    if torch.distributed.is_initialized():  # the global batch's canvas gradient (train.py sums grads)
+                        torch.distributed.all_reduce(canvas_grad)
+                    p.sub_(p.grad / (canvas_grad.norm() + 1e-12), alpha=group['lr'])
                     continue
                 d_p = p.grad.add(p, alpha=group['weight_decay'])
                 buf = self.state[p].get('momentum_buffer')
@@ -163,19 +178,20 @@ class EVPUpdate(torch.optim.Optimizer):
 class VPTDeep(nn.Module):
     """T learnable tokens inserted after the prefix (CLS) tokens before block 0, and replaced by fresh ones before
     every later block; stripped before the final pooling so they never reach the pooled feature.
-    Tokens ~ U(-v, v), v = sqrt(6 / (3 p^2 + D)) (VPT's xavier-style init); unlike pixel prompts they change the
-    model's output at step 0 (attention sees them). Parameters: blocks x T x D."""
+    Tokens ~ U(-v, v), v = sqrt(6 / (3 p^2 + D)) (VPT's xavier-style init), or v = sqrt(3) init_std when init_std is
+    given (the same uniform law with that std); unlike pixel prompts they change the model's output at step 0
+    (attention sees them). Parameters: blocks x T x D."""
 
-    def __init__(self, *, vit, tokens: int = 10):
+    def __init__(self, *, vit, tokens: int = 10, init_std: float | None = None):
         super().__init__()
         if not all(hasattr(vit, a) for a in ('patch_embed', '_pos_embed', 'blocks', 'num_prefix_tokens')):
             raise ValueError(f'vpt_deep needs a ViT with transformer blocks (timm VisionTransformer); '
                              f'{type(vit).__name__} has none. Try --model vit_base_patch32_224.')
         if tokens < 1:
-            raise ValueError(f'--prompt-tokens must be >= 1, got {tokens}')
+            raise ValueError(f'tokens must be >= 1, got {tokens}')
         self.vit = vit
         patch, D = vit.patch_embed.patch_size[0], vit.embed_dim
-        v = math.sqrt(6.0 / (3 * patch * patch + D))
+        v = math.sqrt(6.0 / (3 * patch * patch + D)) if init_std is None else math.sqrt(3) * init_std
         self.prompts = nn.Parameter(torch.empty(len(vit.blocks), tokens, D).uniform_(-v, v))  # (blocks, T, D)
         self.num_features, self.num_classes = vit.num_features, vit.num_classes
 
@@ -198,45 +214,74 @@ class VPTDeep(nn.Module):
 
 class LoRA(nn.Module):
     """W' = W + (alpha / r) B A on a frozen nn.Linear or nn.Conv2d (any padding, groups or subclass: timm's
-    Conv2dSame too). A (r, fan_in) ~ kaiming-uniform, B (out, r) = 0, so the layer is unchanged at step 0.
+    Conv2dSame too). A (r, fan_in) ~ kaiming-uniform, B (rows, r) = 0, so the layer is unchanged at step 0.
+    A grouped or depthwise conv's weight is (out, in / groups, k, k): its fan_in is (in / groups) k^2, and B A is a
+    rank-r update of that grouped weight (mergeable; peft instead adds a dense conv A and a grouped conv B, refuses a
+    rank not divisible by groups, and cannot merge: README, Choices).
+    parts: adapt only these row blocks of the weight, each with its own A and B. timm fuses q, k and v into one qkv
+    Linear (rows [0, D), [D, 2D), [2D, 3D)); LoRA on q and v, as in peft on separate q / v layers, is parts=[q, v].
     The base layer runs once with the updated weight; merge_lora() writes W' into it for inference."""
 
-    def __init__(self, *, base: nn.Module, rank: int, alpha: float):
+    def __init__(self, *, base: nn.Module, rank: int, alpha: float, parts=None):
         super().__init__()
         self.base = base
-        fan_in = base.weight[0].numel()  # in (Linear) or in / groups * kh * kw (Conv2d)
-        self.A = nn.Parameter(torch.empty(rank, fan_in))
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-        self.B = nn.Parameter(torch.zeros(base.weight.shape[0], rank))
+        out, fan_in = base.weight.shape[0], base.weight[0].numel()  # fan_in: in (Linear), in / groups k^2 (Conv2d)
+        self.parts = parts or [(0, out)]
+        rows = {stop - start for start, stop in self.parts}
+        assert len(rows) == 1, 'parts must be row blocks of one size'
+        self.A = nn.Parameter(torch.empty(len(self.parts), rank, fan_in))  # (parts, r, fan_in)
+        for A in self.A:
+            nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+        self.B = nn.Parameter(torch.zeros(len(self.parts), rows.pop(), rank))  # (parts, rows, r)
         self.scaling = alpha / rank
 
-    def delta(self):  # (alpha / r) B A in the shape of the base weight
-        return (self.B @ self.A).view_as(self.base.weight) * self.scaling
+    def delta(self):  # (alpha / r) B A in the shape of the base weight, zero outside the adapted parts
+        BA = self.B @ self.A  # (parts, rows, fan_in)
+        out = self.base.weight.shape[0]
+        pieces, row = [], 0
+        for (start, stop), block in zip(self.parts, BA):
+            pieces += [BA.new_zeros(start - row, BA.shape[-1]), block]
+            row = stop
+        pieces.append(BA.new_zeros(out - row, BA.shape[-1]))
+        return torch.cat(pieces).view_as(self.base.weight) * self.scaling
 
     def forward(self, x):
         return torch.func.functional_call(self.base, {'weight': self.base.weight + self.delta()}, (x,))
 
     @staticmethod
-    def num_trainable(weight_shape, rank):
-        out, fan_in = weight_shape[0], math.prod(weight_shape[1:])
-        return rank * (out + fan_in)
+    def num_trainable(rows, fan_in, rank, parts=1):
+        return parts * rank * (rows + fan_in)
+
+
+QKV = {'q': 0, 'k': 1, 'v': 2}  # row block of timm's fused attention.qkv Linear
 
 
 def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 8.0, targets=None, skip=()) -> list[LoRA]:
     """Wrap every nn.Linear and nn.Conv2d of the model (or those whose name ends with one of `targets`), except the
-    modules in `skip` (the classifier). Returns the adapters."""
+    modules in `skip` (the classifier). Targets q, k, v adapt those slices of timm's fused qkv Linear. Returns the
+    adapters."""
     if rank < 1:
-        raise ValueError(f'--lora-rank must be >= 1, got {rank}')
+        raise ValueError(f'rank must be >= 1, got {rank}')
+    targets = None if targets is None else list(targets)
+    slices = [t for t in targets or [] if t in QKV]
     skip_ids = {id(m) for m in skip}
-    chosen = [(name, m) for name, m in model.named_modules()
-              if isinstance(m, (nn.Linear, nn.Conv2d)) and id(m) not in skip_ids
-              and (targets is None or name.split('.')[-1] in targets)]
+    chosen = []
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.Linear, nn.Conv2d)) or id(m) in skip_ids:
+            continue
+        leaf, parts = name.split('.')[-1], None
+        if slices and leaf == 'qkv' and isinstance(m, nn.Linear):
+            D = m.out_features // 3
+            parts = [(QKV[t] * D, (QKV[t] + 1) * D) for t in sorted(slices, key=QKV.get)]
+        elif targets is not None and leaf not in targets:
+            continue
+        chosen.append((name, m, parts))
     if not chosen:
         raise ValueError(f'no layer of {type(model).__name__} matches the LoRA targets {targets}')
     adapters = []
-    for name, m in chosen:
+    for name, m, parts in chosen:
         parent_name, _, child = name.rpartition('.')
-        adapter = LoRA(base=m, rank=rank, alpha=alpha)
+        adapter = LoRA(base=m, rank=rank, alpha=alpha, parts=parts)
         setattr(model.get_submodule(parent_name) if parent_name else model, child, adapter)
         adapters.append(adapter)
     return adapters

@@ -11,12 +11,15 @@ features of different widths comparable (VPT's extra tokens, for instance).
 import argparse
 import json
 import os
+import sys
 
 import torch
 
 import data
 import lotep
 import train
+from figures import pyplot
+from flags import POS_INT
 
 
 def linear_cka(K: torch.Tensor, L: torch.Tensor) -> float:
@@ -25,19 +28,6 @@ def linear_cka(K: torch.Tensor, L: torch.Tensor) -> float:
     H = torch.eye(N, dtype=K.dtype) - 1.0 / N
     Kc, Lc = H @ K @ H, H @ L @ H
     return float((Kc * Lc).sum() / (Kc.norm() * Lc.norm()))
-
-
-def load_run(run_dir, method=None):
-    """The trained model of a run directory (or, with method='lp', the frozen base model it started from)."""
-    a = train.saved_args(run_dir)
-    a.device, a.resume = 'cpu', False
-    if method is not None:
-        a.method, a.label_map, a.save_prompts = method, 'lp', 0
-    a = train.resolve(a)
-    model = train.build(a)  # seeded as train.py built it: the same backbone and head init
-    if method is None:
-        train.load_checkpoint(model, os.path.join(run_dir, 'checkpoint.pt'), 'cpu')
-    return a, model.eval()
 
 
 def blocks_of(model):
@@ -69,22 +59,29 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('run', help='a finished train.py run directory')
     p.add_argument('--ft', help='a finished full fine-tuning run (same model and data) to compare with')
-    p.add_argument('--images', type=int, default=256, help='test images to compute CKA on')
-    p.add_argument('--out', help='where to write cka.md and cka.png (default: the run directory)')
+    p.add_argument('--images', type=POS_INT, default=256, help='test images to compute CKA on')
+    p.add_argument('--out', help='where to write cka.md, .json and .png (default: the run directory)')
     a = p.parse_args(argv)
-
-    run_args, model = load_run(a.run)
-    _, base = load_run(a.run, method='lp')
-    splits = data.load(run_args.dataset, data_dir=run_args.data_dir, img_size=run_args.img_size, seed=run_args.seed,
-                       train_per_class=1, test_limit=a.images)
+    try:
+        run_args, model = train.load_run(a.run)
+        _, base = train.load_run(a.run, base=True)
+        ft_args, ft = train.load_run(a.ft) if a.ft else (None, None)
+        if ft_args is not None and (ft_args.method, ft_args.model, ft_args.dataset, ft_args.img_size) != \
+                ('ft', run_args.model, run_args.dataset, run_args.img_size):
+            raise train.UsageError(f'--ft {a.ft}: a {ft_args.method} run of {ft_args.model} on {ft_args.dataset} at '
+                                   f'{ft_args.img_size} px; it must be an ft run of the same model, data and size')
+        splits = data.load(run_args.dataset, data_dir=run_args.data_dir, img_size=run_args.img_size,
+                           seed=run_args.seed, train_per_class=1, test_limit=a.images)
+    except train.SETUP_ERRORS as e:
+        print(f'error: {e}', file=sys.stderr)
+        raise SystemExit(2) from None
     images = torch.stack([splits.test[i][0] for i in range(len(splits.test))])
     grams = {'model': block_grams(model, images), 'base': block_grams(base, images)}
-    if a.ft:
-        _, ft = load_run(a.ft)
+    if ft is not None:
         grams['ft'] = block_grams(ft, images)
     rows = [dict(block=i, cka_base=linear_cka(grams['model'][i], grams['base'][i]),
                  **({'cka_ft': linear_cka(grams['model'][i], grams['ft'][i]),
-                     'cka_base_ft': linear_cka(grams['base'][i], grams['ft'][i])} if a.ft else {}))
+                     'cka_base_ft': linear_cka(grams['base'][i], grams['ft'][i])} if ft is not None else {}))
             for i in range(len(grams['model']))]
 
     out = a.out or a.run
@@ -100,9 +97,7 @@ def main(argv=None):
     with open(os.path.join(out, 'cka.json'), 'w') as f:
         json.dump(dict(run=a.run, ft=a.ft, images=len(images), rows=rows), f, indent=1)
 
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([r['cka_base'] for r in rows], 'o-', label=f'{run_args.method} vs base (frozen)')
     if a.ft:

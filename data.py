@@ -17,6 +17,7 @@ Where the data comes from:
 import io
 import os
 import pathlib
+import shutil
 import zipfile
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from torchvision.transforms.v2 import functional as TF
 TINY_URL = 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'
 # ../shared/data beside this project: the offline copies (cifar10.npz, the Tiny-ImageNet subset) on the project machines
 SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'shared', 'data')
+CIFAR10_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
 NUM_CLASSES = {'cifar10': 10, 'cifar100': 100, 'tiny-imagenet': 200, 'eurosat': 10, 'oxford-pets': 37,
                'food101': 101, 'dtd': 47, 'flowers102': 102, 'svhn': 10, 'gtsrb': 43, 'synthetic': 10}
 DATASETS = sorted(NUM_CLASSES)
@@ -43,6 +45,7 @@ class Splits:
     val: Dataset | None
     test: Dataset
     num_classes: int
+    classes: list = None  # class names, where the data set has them
 
 
 # ---- image sources: each returns (uint8 image (3, h, w), label) and exposes .labels ----
@@ -78,17 +81,30 @@ class FileImages(Dataset):
             self._zip, self._pid = zipfile.ZipFile(self.zip_path), os.getpid()
         return self._zip.read(name)
 
-    def __getitem__(self, i):
+    def image(self, i, decode=True):
         from PIL import Image
-        image = Image.open(io.BytesIO(self._read(self.files[i]))).convert('RGB')
-        return TF.pil_to_tensor(image), self.labels[i]
+        try:
+            image = Image.open(io.BytesIO(self._read(self.files[i])))
+            return image.convert('RGB') if decode else image.verify()
+        except Exception as e:
+            where = f'{self.zip_path}: {self.files[i]}' if self.zip_path else self.files[i]
+            raise DataError(f'{where}: cannot be read as an image ({type(e).__name__}: {_first_line(e)}); '
+                            f'replace the file, or the archive') from None
+
+    def verify(self, indices):
+        """Every file is there and is an image (PIL's structural check, without decoding the pixels)."""
+        for i in indices:
+            self.image(i, decode=False)
+
+    def __getitem__(self, i):
+        return TF.pil_to_tensor(self.image(i)), self.labels[i]
 
 
 class TorchvisionImages(Dataset):
     """A torchvision data set (PIL images) with its labels read from wherever that class keeps them."""
 
     def __init__(self, ds):
-        self.ds = ds
+        self.ds, self.classes = ds, getattr(ds, 'classes', None)
         for attr in ('targets', 'labels', '_labels'):
             if hasattr(ds, attr):
                 self.labels = [int(y) for y in getattr(ds, attr)]
@@ -100,8 +116,13 @@ class TorchvisionImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
-        image, y = self.ds[i]
-        return TF.pil_to_tensor(image.convert('RGB')), int(y)
+        try:
+            image, y = self.ds[i]
+            image = image.convert('RGB')
+        except Exception as e:
+            raise DataError(f'{type(self.ds).__name__} in {self.ds.root}: image {i} cannot be read '
+                            f'({type(e).__name__}: {_first_line(e)})') from None
+        return TF.pil_to_tensor(image), int(y)
 
 
 class Resized(Dataset):
@@ -124,10 +145,26 @@ class Resized(Dataset):
 
 def _cifar10(data_dir):
     path = os.path.join(data_dir, 'cifar10.npz')
-    if os.path.isfile(path):
-        d = np.load(path)
-        return ArrayImages(d['x_train'], d['y_train']), ArrayImages(d['x_test'], d['y_test'])
-    return _torchvision('cifar10', data_dir, also_looked=[path])
+    if not os.path.isfile(path):
+        return _torchvision('cifar10', data_dir, also_looked=[path])
+    try:
+        with np.load(path) as d:
+            arrays = {k: d[k] for k in ('x_train', 'y_train', 'x_test', 'y_test')}
+    except KeyError as e:
+        raise DataError(f'{path}: has no array {e} (it needs x_train, y_train, x_test, y_test: the format of '
+                        f'../shared/data/README.md)') from None
+    except Exception as e:
+        raise DataError(f'{path}: cannot be read, truncated or corrupt? ({type(e).__name__}: {_first_line(e)})') \
+            from None
+    for split in ('train', 'test'):
+        x, y = arrays[f'x_{split}'], arrays[f'y_{split}']
+        if x.ndim != 4 or x.shape[3] != 3 or x.dtype != np.uint8 or len(x) != len(y) or not len(y) or \
+                y.min() < 0 or y.max() >= 10:
+            raise DataError(f'{path}: x_{split} must be uint8 (N, H, W, 3) and y_{split} N labels in 0..9; got '
+                            f'{x.dtype} {x.shape} and {len(y)} labels')
+    train = ArrayImages(arrays['x_train'], arrays['y_train'])
+    train.classes = CIFAR10_CLASSES
+    return train, ArrayImages(arrays['x_test'], arrays['y_test'])
 
 
 def _tiny_imagenet(data_dir):
@@ -136,36 +173,49 @@ def _tiny_imagenet(data_dir):
                   ('tiny-imagenet-200', 'tiny-imagenet-200.zip', 'tiny-imagenet-200-subset.zip')]
     found = next((c for c in candidates if os.path.exists(c)), None)
     if found is None:
+        existed = os.path.exists(data_dir)
         try:
             from torchvision.datasets.utils import download_url
             download_url(TINY_URL, data_dir)
             found = os.path.join(data_dir, 'tiny-imagenet-200.zip')
         except Exception as e:
+            if not existed and os.path.isdir(data_dir):  # a mistyped --data-dir is not left behind
+                shutil.rmtree(data_dir)
             raise DataError(
                 f"dataset 'tiny-imagenet' is not in {data_dir!r} (looked for {', '.join(candidates)}) and could not be "
                 f"downloaded from {TINY_URL} ({_first_line(e)}). Put tiny-imagenet-200.zip, or the folder it "
                 f"extracts to, in --data-dir (offline here, ../shared/data has the subset archive).") from None
     texts = ('wnids.txt', 'val/val_annotations.txt')
-    if found.endswith('.zip'):
-        zip_path = found
-        with zipfile.ZipFile(found) as z:
-            names = z.namelist()
-            root = next(n[:-len('wnids.txt')] for n in names if n.endswith('wnids.txt'))
-            wnids_txt, val_txt = [z.read(root + rel).decode() for rel in texts]
-    else:
-        zip_path, root = None, found + os.sep
-        names = [os.path.relpath(os.path.join(d, f), found).replace(os.sep, '/')
-                 for d, _, fs in os.walk(found) for f in fs]
-        names = [root + n for n in names]
-        wnids_txt, val_txt = [pathlib.Path(root + rel).read_text() for rel in texts]
-    wnids = sorted(wnids_txt.split())  # label = index in sorted wnids (torchvision ImageFolder order)
-    label = {w: i for i, w in enumerate(wnids)}
-    train = sorted(n for n in names if n.startswith(root + 'train/') and n.endswith('.JPEG'))
-    train_labels = [label[n[len(root + 'train/'):].split('/')[0]] for n in train]
-    rows = [line.split('\t') for line in val_txt.splitlines() if line.strip()]
-    rows.sort(key=lambda r: int(r[0].split('_')[1].split('.')[0]))  # val_0, val_1, ... (the "first N" test images)
-    test = [root + 'val/images/' + r[0] for r in rows]
-    return FileImages(train, train_labels, zip_path), FileImages(test, [label[r[1]] for r in rows], zip_path)
+    try:
+        if found.endswith('.zip'):
+            zip_path = found
+            with zipfile.ZipFile(found) as z:
+                names = z.namelist()
+                root = next(n[:-len('wnids.txt')] for n in names if n.endswith('wnids.txt'))
+                wnids_txt, val_txt = [z.read(root + rel).decode() for rel in texts]
+        else:
+            zip_path, root = None, found + os.sep
+            names = [os.path.relpath(os.path.join(d, f), found).replace(os.sep, '/')
+                     for d, _, fs in os.walk(found) for f in fs]
+            names = [root + n for n in names]
+            wnids_txt, val_txt = [pathlib.Path(root + rel).read_text() for rel in texts]
+        wnids = sorted(wnids_txt.split())  # label = index in sorted wnids (torchvision ImageFolder order)
+        label = {w: i for i, w in enumerate(wnids)}
+        train = sorted(n for n in names if n.startswith(root + 'train/') and n.endswith('.JPEG'))
+        train_labels = [label[n[len(root + 'train/'):].split('/')[0]] for n in train]
+        rows = [line.split('\t') for line in val_txt.splitlines() if line.strip()]
+        rows.sort(key=lambda r: int(r[0].split('_')[1].split('.')[0]))  # val_0, val_1, ...: the "first N" images
+        test, test_labels = [root + 'val/images/' + r[0] for r in rows], [label[r[1]] for r in rows]
+    except (zipfile.BadZipFile, OSError, StopIteration, KeyError, IndexError, ValueError, UnicodeDecodeError) as e:
+        raise DataError(f'{found}: not a readable Tiny-ImageNet archive or folder ({type(e).__name__}: '
+                        f'{_first_line(e)}); it needs wnids.txt, train/<wnid>/images/ and val/val_annotations.txt') \
+            from None
+    if len(wnids) != 200 or not train or not test:
+        raise DataError(f'{found}: {len(wnids)} class ids, {len(train)} training and {len(test)} validation images; '
+                        f'Tiny-ImageNet has 200 classes')
+    train = FileImages(train, train_labels, zip_path)
+    train.classes = wnids
+    return train, FileImages(test, test_labels, zip_path)
 
 
 def _torchvision(name, data_dir, also_looked=()):
@@ -182,12 +232,15 @@ def _torchvision(name, data_dir, also_looked=()):
                                                           download=dl),
         'eurosat': lambda train, dl: tv.EuroSAT(data_dir, download=dl),
     }[name]
+    existed = os.path.exists(data_dir)
     try:
         try:
             train, test = make(True, False), make(False, False)
         except RuntimeError:  # torchvision: "Dataset not found or corrupted. You can use download=True"
             train, test = make(True, True), make(False, True)
     except Exception as e:
+        if not existed and os.path.isdir(data_dir):  # a mistyped --data-dir is not left behind, nor a partial download
+            shutil.rmtree(data_dir)
         looked = ', '.join([*also_looked, f"torchvision's {name} layout in {data_dir}"])
         raise DataError(
             f"dataset {name!r} is not in {data_dir!r} (looked for {looked}) and could not be downloaded "
@@ -251,10 +304,14 @@ def load(name, *, data_dir, img_size, seed, train_per_class=None, test_limit=Non
         val_idx += idx[:n_val].tolist()
         train_idx += idx[n_val:].tolist()
     test_idx = list(range(len(test)))[:test_limit]
+    for source, indices in ((train, train_idx + val_idx), (test, test_idx)):
+        if isinstance(source, FileImages):  # every image the run will use is an image: an error now, not in epoch 2
+            source.verify(indices)
     return Splits(train=Resized(_labelled_subset(train, sorted(train_idx)), img_size),
                   val=Resized(_labelled_subset(train, sorted(val_idx)), img_size) if val_idx else None,
                   test=Resized(_labelled_subset(test, test_idx), img_size),
-                  num_classes=NUM_CLASSES[name])
+                  num_classes=NUM_CLASSES[name], classes=list(getattr(train, 'classes', None) or
+                                                              [str(k) for k in range(NUM_CLASSES[name])]))
 
 
 def _labelled_subset(ds, indices):

@@ -70,7 +70,7 @@ def grouped_lorvp(*, backbone, input_size, groups, rank=4, rho=0.5, init_std=0.0
     def make_prompt(l, shape, _rank):
         g = shape[0] if groups is None else groups
         if g > shape[0]:
-            raise ValueError(f'--groups {g} exceeds the {shape[0]} channels of block {l}\'s input; '
+            raise ValueError(f'groups {g} exceeds the {shape[0]} channels of block {l}\'s input; '
                              f'choose groups <= the smallest channel count of the prompted blocks')
         return GroupedLoRVPPrompt(shape=shape, groups=g, rank=rank, init_std=init_std)
     return DeepPrompts(backbone=backbone, input_size=input_size, make_prompt=make_prompt, rho=rho,

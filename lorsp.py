@@ -1,15 +1,25 @@
 """LoRSP: instance-specific sparse visual prompts from spiking LIF neurons over low-rank prompt factors.
 
 Beyond Low-Rank: Low-Rank Sparse Prompting via Spiking Neural Network and Prompt Factorization (Zhao, Jiang, Wang,
-Wan, Wang, Tang; arXiv 2606.01945, 2026); no public code. The paper's equations were lost from its text: this is the
-reconstruction of ../shared/spec/methods.md sec. 4.3, which reproduces the paper's own parameter counts
-(L r (c + n) = 6,272 for (n, r) = (4, 4) and 2,240 for (2, 2) at L = 224, c = 3). Where sec. 4.3 lists alternatives
-(Eq. 9, orientation of Eq. 5, surrogate), they are options of this one module.
+Wan, Wang, Tang; arXiv 2606.01945, 2026); no public code. The paper's equations were lost from its text. These are
+the reconstruction of ../shared/spec/methods.md sec. 4.3, which reproduces the paper's own parameter counts
+(L r (c + n) = 6,272 for (n, r) = (4, 4) and 2,240 for (2, 2) at L = 224, c = 3):
+
+    (4)  A_x = x W,  W in R^{L x nr}, no bias; Split_n along the last dimension: A^1 .. A^n, each c x L x r
+    (5)  P_k = B (A^k)^T,  B in R^{c x L x r} the shared basis (a product per channel, as in LoR-VP)
+    (6)  H_t = V_{t-1} + (P_t - (V_{t-1} - V_reset)) / tau,  V_0 = V_reset      (the n factors are the time steps)
+    (7)  S_t = Theta(H_t - V_th),  Theta(v) = 1 if v >= 0 else 0                 (surrogate gradient in backward)
+    (8)  V_t = H_t (1 - S_t) + V_reset S_t                                      (hard reset)
+    (9)  P_hat = (1/n) sum_t S_t P_t
+    (10) x_hat = x + P_hat, then the backbone's normalization, the frozen backbone and the linear head
+    (13)-(15)  #B = c L r,  #W = L n r,  #LoRSP = L r (c + n)
 
     prompt = LoRSP(size=224, factors=4, rank=4)  # 6,272 parameters
     x_hat = prompt(x)  # x: (B, 3, 224, 224) in [0, 1] -> x + P_hat(x): (B, 3, 224, 224); normalization comes after
 
 Dimension letters: B batch, c colour channels, L image side, n factors (= LIF time steps), r rank.
+Where sec. 4.3 lists alternatives (Eq. 9, the orientation of Eq. 5, the surrogate) and sec. 4.7 ablations (LPF, top-k,
+dropout), they are options of this one module, written after the method itself.
 """
 import math
 
@@ -40,21 +50,15 @@ class SpikeFunction(torch.autograd.Function):
         return grad * (a / 2) / (1 + (math.pi * a * v / 2) ** 2), None, None
 
 
-def lif(P, *, tau, v_th, v_reset, spike):
-    """Leaky integrate-and-fire over the factor sequence as time steps, element-wise, from a fresh state V_0 = V_reset.
-    P: (B, n, ...) -> spikes S and membrane H (before reset), both (B, n, ...)."""
-    V = torch.full_like(P[:, 0], v_reset)
-    S, H = [], []
-    for t in range(P.shape[1]):
-        # Eq. (6): H_t = V_{t-1} + (P_t - (V_{t-1} - V_reset)) / tau   (input scaled by 1/tau: decay_input)
-        h = V + (P[:, t] - (V - v_reset)) / tau
-        # Eq. (7): S_t = Theta(H_t - V_th)
-        s = spike(h - v_th)
-        # Eq. (8): V_t = H_t (1 - S_t) + V_reset S_t   (hard reset)
-        V = h * (1 - s) + v_reset * s
-        S.append(s)
-        H.append(h)
-    return torch.stack(S, 1), torch.stack(H, 1)
+def lif_step(P_t, V, *, tau, v_th, v_reset, spike):
+    """One time step of leaky integrate-and-fire neurons, element-wise: input P_t, membrane V_{t-1} -> S_t, H_t, V_t."""
+    # Eq. (6): H_t = V_{t-1} + (P_t - (V_{t-1} - V_reset)) / tau   (input scaled by 1/tau: SpikingJelly's decay_input)
+    H = V + (P_t - (V - v_reset)) / tau
+    # Eq. (7): S_t = Theta(H_t - V_th)
+    S = spike(H - v_th)
+    # Eq. (8): V_t = H_t (1 - S_t) + V_reset S_t   (hard reset)
+    V = H * (1 - S) + v_reset * S
+    return S, H, V
 
 
 # ---- the prompt ----
@@ -62,96 +66,93 @@ def lif(P, *, tau, v_th, v_reset, spike):
 class LoRSP(nn.Module):
     """x -> n low-rank factors P_1..P_n (instance-specific) -> LIF spikes -> sparse prompt P_hat -> x + P_hat.
 
-    mode      'lif' (LoRSP); 'mean' (ablation LPF: factors averaged, no neurons); 'topk' (keep the (1 - sparsity)
-              fraction of largest |mean factor| entries per image); 'dropout' (zero each entry of the mean factor with
-              probability `sparsity` in training, no rescaling; identity at evaluation). Sec. 4.7 of the spec.
-    combine   Eq. (9): 'mean' (1/n) sum_t S_t P_t (primary, = LPF when S = 1); 'sum' sum_t S_t P_t; 'last' S_n mean(P);
-              'rate' mean(S) mean(P); 'membrane' (1/n) sum_t S_t H_t.
-    orientation  Eq. (5): 'cols' P_k = B (A^k)^T (primary, the instance factor on the column side); 'rows' its
-              transpose, P_k[c, i, j] = sum_t A^k[c, i, t] B[c, j, t].
     B (c, L, r) starts at zero, so P_hat = 0 at step 0 and the prompted model is the plain linear probe;
-    W ~ N(0, w_std^2) (spec sec. 4.5). tau, v_th, v_reset are constants, not parameters.
+    W ~ N(0, init_std^2) (spec sec. 4.5). tau, v_th, v_reset are constants, not parameters.
+    mode      'lif' (LoRSP); the ablations of spec sec. 4.7: 'mean' (LPF: the factors averaged, no neurons), 'topk'
+              (keep the (1 - sparsity) fraction of largest |mean factor| entries per image), 'dropout' (zero each
+              entry of the mean factor with probability `sparsity` in training, no rescaling; identity at evaluation).
+    combine   Eq. (9): 'mean' (the method) or one of the alternative readings in EQ9 below.
+    orientation  Eq. (5): 'cols' P_k = B (A^k)^T (the method); 'rows' its transpose, A^k B^T.
     """
-    MODES = ('lif', 'mean', 'topk', 'dropout')
-    COMBINES = ('mean', 'sum', 'last', 'rate', 'membrane')
 
     def __init__(self, *, size: int, channels: int = 3, factors: int = 4, rank: int = 4, tau: float = 4.0,
                  v_th: float = 0.0, v_reset: float = 0.0, mode: str = 'lif', sparsity: float = 0.0,
                  combine: str = 'mean', orientation: str = 'cols', surrogate: str = 'sigmoid', alpha: float = 4.0,
-                 w_std: float = 0.01):
+                 init_std: float = 0.01):
         super().__init__()
         if factors < 1 or rank < 1:
-            raise ValueError(f'--factors and --rank must be >= 1, got n = {factors}, r = {rank}')
-        if tau < 1:
-            raise ValueError(f'--tau must be >= 1 (the leak divides the input by tau), got {tau}')
-        if mode not in self.MODES or combine not in self.COMBINES:
-            raise ValueError(f'mode must be one of {self.MODES} and combine one of {self.COMBINES}')
+            raise ValueError(f'factors and rank must be >= 1, got n = {factors}, r = {rank}')
+        if not tau >= 1:
+            raise ValueError(f'tau must be >= 1 (the leak divides the input by tau), got {tau}')
+        if mode not in MODES or combine not in ('mean', *EQ9):
+            raise ValueError(f'mode must be one of {tuple(MODES)} and combine one of {("mean", *EQ9)}')
         if orientation not in ('cols', 'rows') or surrogate not in ('sigmoid', 'atan'):
             raise ValueError("orientation must be 'cols' or 'rows', surrogate 'sigmoid' or 'atan'")
         if mode in ('topk', 'dropout') and not 0.0 <= sparsity < 1.0:
-            raise ValueError(f'--sparsity is the fraction of prompt entries zeroed, in [0, 1); got {sparsity}')
+            raise ValueError(f'sparsity is the fraction of prompt entries zeroed, in [0, 1); got {sparsity}')
         self.n, self.r, self.tau, self.v_th, self.v_reset = factors, rank, tau, v_th, v_reset
         self.mode, self.sparsity, self.combine, self.orientation = mode, sparsity, combine, orientation
         self.surrogate, self.alpha = surrogate, alpha
         self.B = nn.Parameter(torch.zeros(channels, size, rank))  # the shared low-rank basis, (c, L, r)
-        self.W = nn.Parameter(torch.randn(size, factors * rank) * w_std)  # the spatial projection, (L, n r), no bias
+        self.W = nn.Parameter(torch.randn(size, factors * rank) * init_std)  # the spatial projection, (L, n r)
+        self.compiled = False  # compile(): the same maths in fused loops
         self._stats = None
+
+    def forward(self, x):  # (B, c, L, L) -> (B, c, L, L)
+        sparse_prompt = _compiled_sparse_prompt() if self.compiled else LoRSP.sparse_prompt
+        P_hat, spike_rate = sparse_prompt(self, x)
+        if not self.training:
+            self._record(P_hat, spike_rate)
+        # Eq. (10): x_hat = x + P_hat; the backbone's normalization comes after
+        return x + P_hat
+
+    def sparse_prompt(self, x):  # (B, c, L, L) -> P_hat (B, c, L, L), firing rate of each step (n,) or None
+        if self.mode != 'lif' or self.combine != 'mean':
+            return MODES[self.mode](self, x)
+        # Eq. (4): A_x = x W, each image row projected; Split_n: A^k = A_x[..., k r:(k + 1) r]
+        A = (x @ self.W).unflatten(-1, (self.n, self.r))  # (B, c, L, n r) -> (B, c, L, n, r)
+        V = torch.full_like(x, self.v_reset)  # V_0: a fresh state for every image and every forward
+        P_hat, rates = torch.zeros_like(x), []
+        for k in range(self.n):  # the factors are the neurons' time steps
+            P_k = self.factor(A[..., k, :])  # Eq. (5): (B, c, L, L)
+            S_k, _, V = lif_step(P_k, V, tau=self.tau, v_th=self.v_th, v_reset=self.v_reset, spike=self.spike)
+            P_hat = P_hat + S_k * P_k  # Eq. (9): sum_t S_t P_t ...
+            if not self.training:
+                rates.append(S_k.mean())  # a diagnostic (pop_stats)
+        return P_hat / self.n, torch.stack(rates) if rates else None  # ... (1/n) sum_t S_t P_t
+
+    def factor(self, A_k):  # Eq. (5): (B, c, L, r) -> P_k (B, c, L, L)
+        if self.orientation == 'cols':
+            return self.B @ A_k.transpose(-1, -2)  # P_k[c, i, j] = sum_t B[c, i, t] A^k[c, j, t]
+        return A_k @ self.B.transpose(-1, -2)  # rows: P_k[c, i, j] = sum_t A^k[c, i, t] B[c, j, t]
+
+    def factors(self, x):  # all n factors, stacked: (B, c, L, L) -> (B, n, c, L, L) (figures, Eq. 9 variants)
+        A = (x @ self.W).unflatten(-1, (self.n, self.r))  # (B, c, L, n, r)
+        return torch.stack([self.factor(A[..., k, :]) for k in range(self.n)], 1)
 
     def spike(self, v):
         return SpikeFunction.apply(v, self.alpha, self.surrogate)
 
-    def factors(self, x):  # (B, c, L, L) -> (B, n, c, L, L)
-        b, c, L, _ = x.shape
-        # Eq. (4): A_x = x W, each image row projected; Split_n along the last dim: A^k = A_x[..., k r:(k+1) r]
-        A = (x @ self.W).view(b, c, L, self.n, self.r)  # (B, c, L, n, r)
-        # Eq. (5): P_k = B (A^k)^T, a channel-batched (L x r)(r x L) product
-        if self.orientation == 'cols':
-            return torch.einsum('cit,bcjkt->bkcij', self.B, A)  # P_k[c, i, j] = sum_t B[c, i, t] A^k[c, j, t]
-        return torch.einsum('bcikt,cjt->bkcij', A, self.B)
-
-    def sparse_prompt(self, x):  # (B, c, L, L) -> P_hat: (B, c, L, L)
-        P = self.factors(x)  # (B, n, c, L, L)
-        if self.mode == 'lif':
-            S, H = lif(P, tau=self.tau, v_th=self.v_th, v_reset=self.v_reset, spike=self.spike)
-            if self.combine == 'mean':
-                P_hat = (S * P).mean(1)  # Eq. (9): (1/n) sum_t S_t P_t
-            elif self.combine == 'sum':
-                P_hat = (S * P).sum(1)
-            elif self.combine == 'last':
-                P_hat = S[:, -1] * P.mean(1)
-            elif self.combine == 'rate':
-                P_hat = S.mean(1) * P.mean(1)
-            else:
-                P_hat = (S * H).mean(1)
-            self._record(P_hat, S)
-            return P_hat
-        P_hat = P.mean(1)  # LPF: the factors averaged, a dense instance-specific prompt
-        if self.mode == 'topk':
-            flat = P_hat.flatten(1)  # (B, c L L)
-            keep = flat.shape[1] - round(self.sparsity * flat.shape[1])
-            mask = torch.zeros_like(flat).scatter_(1, flat.abs().topk(keep, dim=1).indices, 1.0)
-            P_hat = (flat * mask).view_as(P_hat)
-        elif self.mode == 'dropout' and self.training:
-            P_hat = P_hat * (torch.rand_like(P_hat) >= self.sparsity)
-        self._record(P_hat, None)
-        return P_hat
-
-    def forward(self, x):  # (B, c, L, L) -> (B, c, L, L)
-        return x + self.sparse_prompt(x)  # Eq. (10): x_hat = x + P_hat; the backbone's normalization comes after
+    def compile(self, **kwargs) -> 'LoRSP':
+        """Speed only, an explicit step: run sparse_prompt through torch.compile (fused C++ loops on a CPU, Triton on a
+        GPU). In eager mode the LIF over n factors reads and writes (B, c, L, L) tensors a dozen times per step, so it
+        is bound by memory traffic; fused, it costs about its arithmetic (README, Speed). Same maths and gradients
+        (a test compares them); the first forward compiles, about 20 s on a CPU."""
+        self.compiled = True
+        _compiled_sparse_prompt(**kwargs)
+        return self
 
     # ---- diagnostics: spike rate of each time step and density of P_hat, accumulated in evaluation ----
 
     @torch.no_grad()
-    def _record(self, P_hat, S):
-        if self.training:
-            return
+    def _record(self, P_hat, spike_rate):
         if self._stats is None:
             self._stats = {'nonzero': 0.0, 'entries': 0, 'spikes': torch.zeros(self.n), 'images': 0}
         self._stats['nonzero'] += float((P_hat != 0).sum())
         self._stats['entries'] += P_hat.numel()
-        if S is not None:
-            self._stats['spikes'] += S.float().transpose(0, 1).flatten(1).mean(1).cpu() * len(S)
-            self._stats['images'] += len(S)
+        if spike_rate is not None:
+            self._stats['spikes'] += spike_rate.float().cpu() * len(P_hat)
+            self._stats['images'] += len(P_hat)
 
     def pop_stats(self) -> dict:
         """{'prompt_density': fraction of non-zero P_hat entries, 'spike_rate': [mean S_t for t = 1..n]} since the last
@@ -169,42 +170,56 @@ class LoRSP(nn.Module):
         return size * rank * (channels + factors)  # Eqs. (13)-(15): #B = c L r, #W = L n r
 
 
-# ---- figures: prompts of a few images (the paper's Fig. 5) and factor correlations (Fig. 3b) ----
+_COMPILED = {}
 
-@torch.no_grad()
-def save_figures(prompt: LoRSP, images: torch.Tensor, out_dir: str) -> list[str]:
-    """prompts.png: a row per image, (image | prompt | prompted image); factor_correlation.png: the n x n Pearson
-    correlation of the factors P_1..P_n, averaged over the images."""
-    import os
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    from torchvision.utils import save_image
 
-    was_training = prompt.training
-    prompt.eval()
-    P_hat = prompt.sparse_prompt(images)  # (K, c, L, L)
-    factors = prompt.factors(images).flatten(2)  # (K, n, c L L)
-    prompt.pop_stats()
-    prompt.train(was_training)
-    scale = P_hat.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
-    shown = 0.5 + P_hat / (2 * scale)  # signed prompt, 0.5 grey = 0, per-image scale
-    grid = torch.stack([images, shown, (images + P_hat).clamp(0, 1)], 1).flatten(0, 1)  # (3K, c, L, L)
-    paths = [os.path.join(out_dir, 'prompts.png'), os.path.join(out_dir, 'factor_correlation.png')]
-    save_image(grid, paths[0], nrow=3, padding=2, pad_value=1.0)
+def _compiled_sparse_prompt(**kwargs):
+    """One torch.compile'd LoRSP.sparse_prompt per process (it recompiles for other shapes or settings by itself)."""
+    if 'fn' not in _COMPILED:
+        _COMPILED['fn'] = torch.compile(LoRSP.sparse_prompt, **kwargs)
+    return _COMPILED['fn']
 
-    corr = torch.stack([torch.corrcoef(f) for f in factors]).nan_to_num(0.0).mean(0)  # (n, n)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * prompt.n, 1 + 0.8 * prompt.n))
-    im = ax.imshow(corr.numpy(), vmin=-1, vmax=1, cmap='coolwarm')
-    for i in range(prompt.n):
-        for j in range(prompt.n):
-            ax.text(j, i, f'{corr[i, j]:.2f}', ha='center', va='center', fontsize=8)
-    ticks = [f'P{k + 1}' for k in range(prompt.n)]
-    ax.set_xticks(range(prompt.n), ticks)
-    ax.set_yticks(range(prompt.n), ticks)
-    ax.set_title(f'factor correlation ({len(images)} images)')
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(paths[1], dpi=120)
-    plt.close(fig)
-    return paths
+
+# ---- the ablations (spec sec. 4.7): no neurons, the mean of the factors instead ----
+
+def mean_factor(m: LoRSP, x):  # (1/n) sum_k P_k: (B, c, L, L)
+    # Eq. (5) is linear in A^k, so the mean of the n products is one product with the mean of the A^k
+    A = (x @ m.W).unflatten(-1, (m.n, m.r)).mean(-2)  # (B, c, L, n, r) -> (B, c, L, r)
+    return m.factor(A)
+
+
+def lpf(m, x):  # LPF: a dense instance-specific prompt
+    return mean_factor(m, x), None
+
+
+def topk(m, x):  # keep the largest (1 - sparsity) fraction of |mean factor| per image, zero the rest
+    P = mean_factor(m, x)
+    flat = P.flatten(1)  # (B, c L L)
+    keep = flat.shape[1] - round(m.sparsity * flat.shape[1])
+    mask = torch.zeros_like(flat).scatter_(1, flat.abs().topk(keep, dim=1).indices, 1.0)
+    return (flat * mask).view_as(P), None
+
+
+def dropout(m, x):  # zero each entry with probability `sparsity` at training time, no rescaling
+    P = mean_factor(m, x)
+    return (P * (torch.rand_like(P) >= m.sparsity) if m.training else P), None
+
+
+def eq9_variant(m, x):  # LIF over the stacked factors, then an alternative reading of Eq. (9)
+    P = m.factors(x)  # (B, n, c, L, L)
+    V, S, H = torch.full_like(x, m.v_reset), [], []
+    for t in range(m.n):
+        s, h, V = lif_step(P[:, t], V, tau=m.tau, v_th=m.v_th, v_reset=m.v_reset, spike=m.spike)
+        S.append(s)
+        H.append(h)
+    S, H = torch.stack(S, 1), torch.stack(H, 1)  # (B, n, c, L, L)
+    return EQ9[m.combine](S, H, P), S.transpose(0, 1).flatten(1).mean(1)
+
+
+MODES = {'lif': eq9_variant, 'mean': lpf, 'topk': topk, 'dropout': dropout}
+EQ9 = {  # spec sec. 4.3, Eq. (9) alternatives (b)-(e); 'mean' (the method) is LoRSP.sparse_prompt
+    'sum': lambda S, H, P: (S * P).sum(1),  # sum_t S_t P_t (n times larger: interacts with the lr)
+    'last': lambda S, H, P: S[:, -1] * P.mean(1),  # the last step's spikes gate the mean factor
+    'rate': lambda S, H, P: S.mean(1) * P.mean(1),  # rate-coded gate
+    'membrane': lambda S, H, P: (S * H).mean(1),  # the spikes gate the membrane potential
+}

@@ -18,6 +18,10 @@ import math
 import torch
 import torch.nn as nn
 
+# Std of the random spatial factors (b, c of CP; V, W of Tucker). The paper says only "randomly initialized"; the
+# value is chosen on a validation split (README, Choices). train.py uses this same constant.
+INIT_STD = 0.3
+
 # ---- Eq. (8): prompting depth and rank schedule ----
 
 SCHEDULES = ('cosine', 'cosine_den_d', 'linear', 'constant')
@@ -66,7 +70,7 @@ class CPPrompt(nn.Module):
     """LoTeP-CP, a CP-rank-R tensor. Channel factors start at zero and spatial factors random (N(0, init_std^2)),
     so P = 0 at step 0 and the prompted model is exactly the frozen one."""
 
-    def __init__(self, *, shape: tuple[int, int, int], rank: int, init_std: float = 1.0):
+    def __init__(self, *, shape: tuple[int, int, int], rank: int, init_std: float = INIT_STD):
         super().__init__()
         C, H, W = shape
         self.shape, self.rank = tuple(shape), rank
@@ -91,7 +95,8 @@ class TuckerPrompt(nn.Module):
     so both stay zero for ever (tests/test_lotep.py shows it). core_init='identity' (superdiagonal ones) makes the
     Tucker prompt equal the CP prompt with the same factors at init; 'normal' draws it from N(0, 1)."""
 
-    def __init__(self, *, shape: tuple[int, int, int], rank: int, init_std: float = 1.0, core_init: str = 'identity'):
+    def __init__(self, *, shape: tuple[int, int, int], rank: int, init_std: float = INIT_STD,
+                 core_init: str = 'identity'):
         super().__init__()
         C, H, W = shape
         self.shape, self.rank = tuple(shape), rank
@@ -140,15 +145,28 @@ def find_blocks(model) -> tuple[list[nn.Module], str]:
         f'EfficientNet/MobileNet (blocks[i][j]). Use an input-space method (lorvp, lorsp) with this backbone.')
 
 
+class AddPrompt:
+    """The forward pre-hook of block l: its input X_l becomes X_l + P_l (Eq. 1), a new tensor, nothing else.
+
+    A plain object rather than a closure, so that copy.deepcopy(model) and torch.save(model) carry the hook along with
+    the DeepPrompts it reads: the copy's blocks add the copy's prompts."""
+
+    def __init__(self, prompts: 'DeepPrompts', l: int):
+        self.prompts, self.l = prompts, l
+
+    def __call__(self, block, args):
+        x = args[0]
+        return (x + self.prompts.prompt(self.l).to(x.dtype),) + args[1:]  # X_l + P_l, broadcast over the batch
+
+
 class DeepPrompts(nn.Module):
     """Eq. (1): X_{l+1} = f_l(X_l + P_l) for l < d = floor(L rho); blocks l >= d get nothing.
 
     make_prompt(l, (C, H, W), rank) -> a module whose forward() returns the (C, H, W) prompt of block l.
     ranks(d) -> [r_0, ..., r_{d-1}], the rank of each prompted block (None: prompts without a rank schedule).
-    Prompts are added by forward pre-hooks, so timm's own forward runs unchanged; detach() removes them. In eval mode
-    without grad the laid-out prompts are built once and reused for every batch until a parameter changes, and added
-    in place: the block input belongs to this forward pass alone, and a new tensor per block costs up to 10% of the
-    latency on a CPU. (A hook that keeps the previous block's output without copying it sees the prompt added.)
+    Prompts are added by forward pre-hooks (AddPrompt), so timm's own forward runs unchanged; detach() removes them.
+    Every forward builds each P_l from its factors (a few small products: building them once for inference saved
+    nothing measurable, README Speed).
     """
 
     def __init__(self, *, backbone, input_size, make_prompt, rho, ranks=None, vit_layout='patches'):
@@ -159,24 +177,24 @@ class DeepPrompts(nn.Module):
         self.L, self.d = len(blocks), depth(len(blocks), rho)
         if self.d == 0:
             raise ValueError(f'rho = {rho} prompts d = floor({self.L} * {rho}) = 0 of the {self.L} blocks: that is '
-                             f'linear probing (--method lp). Use rho >= {1 / self.L:.3g}.')
+                             f'linear probing. Use rho >= {1 / self.L:.3g}.')
         self.ranks = ranks(self.d) if ranks is not None else [None] * self.d
         self.prefix = getattr(backbone, 'num_prefix_tokens', 0)
         self.vit_layout = vit_layout
+        self.grid = tuple(backbone.patch_embed.grid_size) if self.layout == 'tokens' else None
         input_shapes = _block_input_shapes(backbone, blocks[:self.d], input_size)
-        self.shapes = [self._prompt_shape(s, backbone) for s in input_shapes]  # (C, H, W) per prompted block
+        self.shapes = [self._prompt_shape(s) for s in input_shapes]  # (C, H, W) per prompted block
         self.prompts = nn.ModuleList(make_prompt(l, self.shapes[l], self.ranks[l]) for l in range(self.d))
-        self._handles = [blocks[l].register_forward_pre_hook(self._hook(l)) for l in range(self.d)]
-        self._cache, self._cache_key = None, None
+        self._handles = [blocks[l].register_forward_pre_hook(AddPrompt(self, l)) for l in range(self.d)]
 
-    def _prompt_shape(self, s, backbone):
+    def _prompt_shape(self, s):
         if self.layout == 'nchw':
             return tuple(s[1:])
         if self.layout == 'nhwc':
             return (s[3], s[1], s[2])
         if self.vit_layout == 'sequence':  # the whole sequence as D x (p + N) x 1: CLS is prompted too
             return (s[2], s[1], 1)
-        Hp, Wp = backbone.patch_embed.grid_size
+        Hp, Wp = self.grid
         if Hp * Wp != s[1] - self.prefix:
             raise ValueError(f'{s[1] - self.prefix} patch tokens do not form the {Hp}x{Wp} grid of patch_embed')
         return (s[2], Hp, Wp)
@@ -192,20 +210,9 @@ class DeepPrompts(nn.Module):
             return tokens  # (p + N, D)
         return nn.functional.pad(tokens, (0, 0, self.prefix, 0))  # (p + N, D), zero rows for CLS / prefix tokens
 
-    def _built(self, l):
-        if self.training or torch.is_grad_enabled():
-            return self.laid_out(self.prompts[l]())
-        key = tuple(p._version for p in self.parameters())  # any in-place update (optimizer, load) bumps it
-        if self._cache_key != key:
-            self._cache = [self.laid_out(p()) for p in self.prompts]
-            self._cache_key = key
-        return self._cache[l]
-
-    def _hook(self, l):
-        def add_prompt(module, args):
-            x, P = args[0], self._built(l).to(args[0].dtype)
-            return (x + P if torch.is_grad_enabled() else x.add_(P),) + args[1:]  # X_l + P_l
-        return add_prompt
+    def prompt(self, l: int) -> torch.Tensor:
+        """P_l built from its factors and laid out for block l."""
+        return self.laid_out(self.prompts[l]())
 
     def detach(self):
         for h in self._handles:
@@ -222,9 +229,12 @@ class DeepPrompts(nn.Module):
         return lines
 
 
+@torch.no_grad()
 def _block_input_shapes(backbone, blocks, input_size):
-    """One forward of a blank image records each block's input shape."""
+    """One forward of a blank image, in eval mode, records each block's input shape. Every module's mode is restored
+    afterwards and nothing of the backbone changes (a train-mode forward would overwrite BatchNorm statistics)."""
     shapes, handles = {}, []
+    modes = {m: m.training for m in backbone.modules()}
 
     def record(i):
         def hook(module, args):
@@ -233,16 +243,30 @@ def _block_input_shapes(backbone, blocks, input_size):
     for i, b in enumerate(blocks):
         handles.append(b.register_forward_pre_hook(record(i)))
     p = next(backbone.parameters())
+    backbone.eval()
     try:
-        with torch.no_grad():
-            backbone(torch.zeros(1, *input_size, device=p.device, dtype=p.dtype))
+        backbone(torch.zeros(1, *input_size, device=p.device, dtype=p.dtype))
     finally:
         for h in handles:
             h.remove()
+        for m, mode in modes.items():
+            m.training = mode
     return [shapes[i] for i in range(len(blocks))]
 
 
-def lotep(*, backbone, input_size, kind='cp', r0=6, rho=0.5, schedule='cosine', init_std=1.0,
+class PixelPrompt(nn.Module):
+    """LoTeP's optional input-pixel prompt (spec 2.1, input_prompt='cp'): a CP-rank-R prompt on the 3 x S x S image,
+    added before normalization like LoR-VP's. Zero at init (colour factors zero)."""
+
+    def __init__(self, *, size: int, rank: int, init_std: float = INIT_STD, channels: int = 3):
+        super().__init__()
+        self.P = CPPrompt(shape=(channels, size, size), rank=rank, init_std=init_std)
+
+    def forward(self, x):  # (B, 3, S, S) -> (B, 3, S, S)
+        return x + self.P()
+
+
+def lotep(*, backbone, input_size, kind='cp', r0=6, rho=0.5, schedule='cosine', init_std=INIT_STD,
           core_init='identity', vit_layout='patches') -> DeepPrompts:
     """LoTeP-CP (kind='cp') or LoTeP-TK (kind='tk') prompts on the first floor(L rho) blocks, ranks by Eq. (8)."""
     def make_prompt(l, shape, rank):

@@ -1,6 +1,14 @@
-"""compare.py runs methods x seeds through train.py and resumes; cka.py measures linear CKA per block."""
+"""compare.py runs arms x seeds through train.py, never destroys a table, names its failures, tunes on validation,
+computes paired statistics; cka.py measures linear CKA per block."""
+import fcntl
 import json
+import math
 import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -9,49 +17,178 @@ import cka
 import compare
 import train
 from conftest import ROOT
+from flags import parse
 
 TINY = ['--model', 'test_vit', '--dataset', 'synthetic', '--img-size', '32', '--epochs', '1', '--train-per-class', '8',
-        '--batch-size', '16', '--extra', '--no-pretrained --speed-reps 0']
+        '--batch-size', '16', '--precision', 'fp32', '--extra', '--no-pretrained --speed-reps 0']
 
 
-def test_compare_writes_the_table_and_skips_finished_runs(tmp_path, monkeypatch, capsys):
+def results(tmp_path, name):
+    return json.loads((tmp_path / 'results' / f'{name}.json').read_text())
+
+
+def test_compare_writes_the_table_merges_subsets_and_skips_finished_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    rows = compare.main(['--protocol', 'offline-cifar10', '--tag', 't', '--methods', 'lp,lorvp', '--seeds', '0,1',
-                         *TINY])
-    assert [r['method'] for r in rows] == ['lp', 'lorvp'] and all(len(r['accs']) == 2 for r in rows)
+    rows = compare.main(['--protocol', 'offline-cifar10', '--tag', 't', '--methods', 'lp,lorvp', '--seeds', '0',
+                         *TINY, '--no-tune'])
+    assert [r['arm'] for r in rows] == ['lp', 'lorvp'] and all(len(r['accs']) == 1 for r in rows)
     md = (tmp_path / 'results' / 'offline-cifar10-t.md').read_text()
-    assert '| lorvp |' in md and '± ' in md
-    saved = json.loads((tmp_path / 'results' / 'offline-cifar10-t.json').read_text())
-    assert saved['settings']['model'] == 'test_vit' and len(saved['runs']) == 4
+    assert '| lorvp |' in md and '(1)' in md
+    assert results(tmp_path, 'offline-cifar10-t')['settings']['model'] == 'test_vit'
+    assert (tmp_path / 'results' / 'offline-cifar10-t-params.png').stat().st_size > 1000
     capsys.readouterr()
-    compare.main(['--protocol', 'offline-cifar10', '--tag', 't', '--methods', 'lp,lorvp', '--seeds', '0,1', *TINY])
-    assert capsys.readouterr().out.count('done before, read back') == 4
-    changed = [a if a != '1' else '2' for a in TINY]  # --epochs 2: the old runs must not pass for these
+    # a subset (one arm, a new seed and an old one) merges into the table; nothing of the two-arm table is lost
+    compare.main(['--protocol', 'offline-cifar10', '--tag', 't', '--methods', 'lp', '--seeds', '0,1', *TINY,
+                  '--no-tune'])
+    assert capsys.readouterr().out.count('done before, read back') == 1
+    saved = results(tmp_path, 'offline-cifar10-t')
+    assert len(saved['runs']) == 3 and saved['arms'] == ['lp', 'lorvp'] and saved['seeds'] == [0, 1]
+    md = (tmp_path / 'results' / 'offline-cifar10-t.md').read_text()
+    assert '| lorvp |' in md and '± ' in md  # lp now has two seeds
+    changed = [a if a != '1' else '2' for a in TINY]  # --epochs 2: neither the old runs nor the table are these
     with pytest.raises(SystemExit, match='other settings'):
-        compare.main(['--protocol', 'offline-cifar10', '--tag', 't', '--methods', 'lp', '--seeds', '0', *changed])
+        compare.main(['--protocol', 'offline-cifar10', '--tag', 't', '--methods', 'lp', '--seeds', '0', *changed,
+                      '--no-tune'])
+    assert len(results(tmp_path, 'offline-cifar10-t')['runs']) == 3
 
 
-def test_compare_refuses_untagged_changes_and_unknown_methods(tmp_path, monkeypatch):
+def test_compare_validates_its_arguments_before_anything_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit):
-        compare.main(['--protocol', 'offline-cifar10', '--img-size', '96'])
-    with pytest.raises(SystemExit):
-        compare.main(['--protocol', 'offline-cifar10', '--methods', 'lp,nope', '--tag', 'x'])
-    assert not (tmp_path / 'results').exists()
+    for argv, message in [(['--protocol', 'offline-cifar10', '--img-size', '96'], None),
+                          (['--protocol', 'offline-cifar10', '--methods', 'lp,nope', '--tag', 'x'], None),
+                          (['--protocol', 'offline-cifar10', '--seeds', '0,one'], '--seeds'),
+                          (['--protocol', 'offline-cifar10', '--seeds', '-1'], '--seeds'),
+                          (['--protocol', 'offline-tiny', '--tag', 'x', '--tune-lr', '0.1,abc'], '--tune-lr'),
+                          (['--protocol', 'offline-tiny', '--tag', 'x', '--tune-lr', 'nan'], '--tune-lr'),
+                          (['--protocol', 'offline-cifar10', '--jobs', '0'], None)]:
+        with pytest.raises(SystemExit) as e:
+            compare.main(argv)
+        assert e.value.code != 0 and (message is None or message in str(e.value.code))
+    assert not (tmp_path / 'results').exists() and not (tmp_path / 'runs').exists()
 
 
-def test_compare_tunes_lr_on_validation(tmp_path, monkeypatch):
+def test_failed_runs_make_a_nonzero_exit_naming_each_with_its_log(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    compare.main(['--protocol', 'offline-cifar10', '--tag', 'tune', '--methods', 'lp', '--seeds', '0',
-                  '--tune-lr', '0.1,10', *TINY])
-    saved = json.loads((tmp_path / 'results' / 'offline-cifar10-tune.json').read_text())
-    assert set(map(float, saved['tuning']['lp'])) == {0.1, 10.0}  # json keys are strings
-    assert saved['tune_wall_s'] > 0
-    assert 'min of lr tuning' in (tmp_path / 'results' / 'offline-cifar10-tune.md').read_text()
-    chosen = saved['lr_multipliers']['lp']
-    run = 'lp-s0' if chosen == 1 else f'lp-lr{chosen:g}-s0'
-    config = json.loads((tmp_path / 'runs' / 'offline-cifar10-tune' / run / 'config.json').read_text())
-    assert config['args']['lr'] == pytest.approx(train.RECIPES['lp']['lr'] * chosen)
+    broken = [a if a != '--no-pretrained --speed-reps 0' else '--no-pretrained --speed-reps 0 --rho 0.01' for a in TINY]
+    with pytest.raises(SystemExit) as e:  # lotep_cp cannot prompt 0 blocks: it fails, lp runs
+        compare.main(['--protocol', 'offline-cifar10', '--tag', 'f', '--methods', 'lp,lotep_cp', '--seeds', '0',
+                      *broken, '--no-tune'])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert 'lotep_cp seed 0' in err and os.path.join('runs', 'offline-cifar10-f', 'lotep_cp-s0.log') in err
+    row = {r['arm']: r for r in results(tmp_path, 'offline-cifar10-f')['rows']}
+    assert row['lp']['accs'] and not row['lotep_cp']['accs'] and row['lotep_cp']['failed']
+
+
+def test_a_run_another_process_owns_is_never_touched(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    busy = tmp_path / 'runs' / 'offline-cifar10-b' / 'lp-s0'
+    busy.mkdir(parents=True)
+    with open(busy / '.lock', 'a') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with pytest.raises(SystemExit):
+            compare.main(['--protocol', 'offline-cifar10', '--tag', 'b', '--methods', 'lp', '--seeds', '0', *TINY,
+                          '--no-tune'])
+    assert 'another process is running it' in capsys.readouterr().err
+    assert sorted(os.listdir(busy)) == ['.lock']
+
+
+def test_children_die_with_compare_even_by_sigkill(tmp_path):
+    slow = [a if a != '1' else '50' for a in TINY]
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, 'compare.py'), '--protocol', 'offline-cifar10', '--tag',
+                          'k', '--methods', 'lorvp', '--seeds', '0', *slow, '--no-tune'], cwd=tmp_path,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / 'runs' / 'offline-cifar10-k' / 'lorvp-s0'
+    deadline = time.time() + 60
+    while not (run_dir / 'config.json').exists() and time.time() < deadline:
+        time.sleep(0.1)
+    children = [int(c) for c in open(f'/proc/{p.pid}/task/{p.pid}/children').read().split()]
+    assert children
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    alive = lambda: [c for c in children if os.path.exists(f'/proc/{c}/stat') and
+                     open(f'/proc/{c}/stat').read().rsplit(')', 1)[1].split()[0] not in 'ZX']
+    deadline = time.time() + 30
+    while (alive() or compare.RunDir(str(run_dir)).in_use()) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not alive() and not compare.RunDir(str(run_dir)).in_use()  # the orphan is gone, its run free
+
+
+def test_jobs_side_by_side_give_the_sequential_results(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ['--protocol', 'offline-cifar10', '--methods', 'lotep_cp', '--seeds', '0,1', *TINY, '--no-tune']
+    one = compare.main([*args, '--tag', 'seq', '--jobs', '1'])  # two threads each, one after the other
+    two = compare.main([*args, '--tag', 'par', '--jobs', '2'])  # one thread each, side by side
+    assert one[0]['accs'] == two[0]['accs'] and len(one[0]['accs']) == 2
+    for seed in (0, 1):
+        a, b = (torch.load(tmp_path / 'runs' / f'offline-cifar10-{t}' / f'lotep_cp-s{seed}' / 'checkpoint.pt',
+                           weights_only=False)['model'] for t in ('seq', 'par'))
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_tuning_chooses_on_validation_the_same_grid_for_every_arm(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    compare.main(['--protocol', 'offline-tiny', '--tag', 'tune', '--methods', 'lorvp', '--seeds', '0',
+                  '--tune-lr', '0.1,1e30', *TINY])
+    saved = results(tmp_path, 'offline-tiny-tune')
+    assert set(saved['tuning']['lorvp']['tried']) == {'lr x0.1', 'lr x1e+30'}
+    assert saved['tuning']['lorvp']['tried']['lr x1e+30'] == 'diverged'  # a result of the grid, not a failure
+    assert saved['tuning']['lorvp']['chosen'] == 'lr x0.1' and saved['tune_wall_s'] > 0
+    config = json.loads((tmp_path / 'runs' / 'offline-tiny-tune' / 'lorvp-s0' / 'config.json').read_text())
+    assert config['args']['lr_scale'] == 0.1 and config['args']['val_split'] == 0.0
+    assert 'tuned on validation' in (tmp_path / 'results' / 'offline-tiny-tune.md').read_text()
+
+
+def test_the_grid_scales_each_methods_own_init_and_autovp_searches_its_space():
+    settings = compare.PROTOCOLS['offline-cifar10-long'].settings
+    tune = compare.PROTOCOLS['offline-cifar10-long'].tune
+    lotep, _ = compare.grid(['--method', 'lotep_cp'], tune, settings)
+    assert len(lotep) == 9 and lotep['lr x3 init x0.3'] == ['--lr-scale', '3', '--init-std', '0.09']  # 0.3 x 0.3
+    lorvp, _ = compare.grid(['--method', 'lorvp'], tune, settings)
+    assert lorvp['lr x1 init x3'] == ['--lr-scale', '1', '--init-std', '0.03']  # LoR-VP's A: 0.01 x 3
+    lp, _ = compare.grid(['--method', 'lp'], tune, settings)
+    assert list(lp) == ['lr x0.3', 'lr x1', 'lr x3']  # no random prompt factor: the lr only
+    autovp, _ = compare.grid(['--method', 'autovp'], tune, settings)
+    assert len(autovp) == 9 and {f[1] for f in autovp.values()} == {'fm', 'freq', 'iter'}
+    deep, shorter = compare.grid(['--method', 'deep_lorvp'], compare.PROTOCOLS['offline-cifar10'].tune, settings)
+    assert deep['init 0.3'] == ['--init-std', '0.3'] and shorter == ['--epochs', '1']
+
+
+def test_every_protocol_arm_is_a_valid_train_command():
+    for name, protocol in compare.PROTOCOLS.items():
+        assert protocol.arms and protocol.seeds, name
+        for arm, flags in protocol.arms.items():
+            argv = compare.train_argv(protocol.settings, flags, 0, 'unused', 0)
+            a = parse(argv)
+            assert a.method in compare.METHODS, (name, arm)
+        for a_, b_, claimed, paper in protocol.claims:
+            assert a_ in protocol.arms and b_ in protocol.arms, (name, a_, b_)
+    tuning_run = compare.train_argv(compare.PROTOCOLS['offline-cifar10'].settings, ['--method', 'lp', '--epochs', '1'],
+                                    0, 'unused', 0)
+    assert parse(tuning_run).epochs == 1  # the arm's (or tuning's) flags win over the protocol's settings
+    long = compare.PROTOCOLS['offline-cifar10-long']
+    assert {'lp', 'lora', 'lorvp', 'evp', 'ilm_vp', 'autovp', 'lotep_cp', 'lotep_tk', 'grouped_lorvp', 'deep_lorvp',
+            'lorsp', 'lorsp_lpf'} <= set(long.arms) and long.seeds == (0, 1, 2)
+    assert {k for k in compare.PROTOCOLS if k.startswith('ablation-')} >= {
+        'ablation-lotep-rho', 'ablation-lotep-schedule', 'ablation-lotep-r0', 'ablation-grouped-g',
+        'ablation-lorsp-nr', 'ablation-lorsp-tau', 'ablation-lorsp-sparsifier'}
+
+
+def test_paired_confidence_interval_against_a_hand_computation():
+    a = {0: 84.0, 1: 85.5, 2: 83.0, 3: 86.0}
+    b = {0: 83.0, 1: 83.5, 2: 83.5, 3: 84.0, 7: 99.0}  # seed 7 has no pair: left out
+    d = [1.0, 2.0, -0.5, 2.0]
+    mean = sum(d) / 4
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 3)
+    half = 3.182 * sd / 2  # t(0.975, 3 degrees of freedom) sd / sqrt(4)
+    ci = compare.paired(a, b)
+    assert ci['n'] == 4 and ci['mean'] == pytest.approx(mean) and ci['sd'] == pytest.approx(sd)
+    assert (ci['low'], ci['high']) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert compare.paired({0: 1.0}, {0: 2.0}) is None
+    assert compare.verdict(ci).startswith('cannot tell')  # [-0.18, 2.43] contains 0
+    assert compare.verdict(dict(low=0.2, high=1.0), 2.5) == 'holds; the claimed +2.5 is outside the interval'
+    assert compare.verdict(dict(low=-2.0, high=-0.1)).startswith('does not hold')
+    assert statistics.mean(ci['diffs']) == pytest.approx(mean)
 
 
 def test_linear_cka_properties():
@@ -80,3 +217,17 @@ def test_ci_runs_the_readme_test_command():
     ci = open(os.path.join(ROOT, '.ci', 'run')).read().strip().splitlines()[-1]
     assert ci == 'python -m pytest -q'
     assert f'`{ci}`' in open(os.path.join(ROOT, 'README.md')).read()
+
+
+def test_cka_refuses_what_it_cannot_compare(tmp_path, capsys):
+    args = ['--model', 'test_vit', '--no-pretrained', '--dataset', 'synthetic', '--img-size', '32', '--epochs', '1',
+            '--train-per-class', '4', '--speed-reps', '0']
+    train.main([*args, '--method', 'lorvp', '--out', str(tmp_path / 'lorvp')])
+    for argv, fragment in [([str(tmp_path / 'nowhere')], 'not a trained run'),
+                           ([str(tmp_path / 'lorvp'), '--ft', str(tmp_path / 'lorvp')], 'must be an ft run')]:
+        with pytest.raises(SystemExit) as e:
+            cka.main(argv)
+        assert e.value.code == 2 and fragment in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cka.main([str(tmp_path / 'lorvp'), '--images', '0'])
+    assert not (tmp_path / 'lorvp' / 'cka.md').exists()

@@ -104,3 +104,58 @@ def test_torchvision_layout_is_read_offline(tmp_path, no_network, monkeypatch):
     s = data.load('cifar10', data_dir=str(tmp_path), img_size=32, seed=0)
     assert len(s.test) == 10 and torch.equal(
         s.test[0][0], torch.from_numpy(raw['x_test'][0]).permute(2, 0, 1).float() / 255)
+
+
+# ---- damaged files: a clear error naming the file, as early as can be checked ----
+
+def test_damaged_cifar10_npz_files_are_named(tmp_path):
+    good = {'x_train': np.zeros((20, 32, 32, 3), np.uint8), 'y_train': np.arange(20) % 10,
+            'x_test': np.zeros((10, 32, 32, 3), np.uint8), 'y_test': np.arange(10)}
+    cases = {'truncated': None, 'missing': {k: v for k, v in good.items() if k != 'y_test'},
+             'badlabels': {**good, 'y_train': np.full(20, 12)}, 'badshape': {**good, 'x_train': np.zeros((20, 32, 32))}}
+    for name, arrays in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        if arrays is None:
+            np.savez(folder / 'cifar10.npz', **good)
+            raw = (folder / 'cifar10.npz').read_bytes()
+            (folder / 'cifar10.npz').write_bytes(raw[:len(raw) // 2])
+        else:
+            np.savez(folder / 'cifar10.npz', **arrays)
+        with pytest.raises(data.DataError) as e:
+            data.load('cifar10', data_dir=str(folder), img_size=32, seed=0)
+        assert str(folder / 'cifar10.npz') in str(e.value), (name, str(e.value))
+
+
+def tiny_archive(path, corrupt=None):
+    """A minimal Tiny-ImageNet zip: 200 class ids, one training image for two of them, two validation images."""
+    from PIL import Image
+    import io
+    wnids = [f'n{i:08d}' for i in range(200)]
+
+    def jpeg():
+        buffer = io.BytesIO()
+        Image.new('RGB', (8, 8), (120, 30, 200)).save(buffer, format='JPEG')
+        return buffer.getvalue()
+    with zipfile.ZipFile(path, 'w') as z:
+        z.writestr('tiny-imagenet-200/wnids.txt', '\n'.join(wnids))
+        z.writestr('tiny-imagenet-200/val/val_annotations.txt',
+                   f'val_0.JPEG\t{wnids[0]}\t0\t0\t8\t8\nval_1.JPEG\t{wnids[1]}\t0\t0\t8\t8\n')
+        for name in (f'train/{wnids[0]}/images/a_0.JPEG', f'train/{wnids[1]}/images/b_0.JPEG', 'val/images/val_0.JPEG',
+                     'val/images/val_1.JPEG'):
+            z.writestr('tiny-imagenet-200/' + name, b'not a jpeg' if name == corrupt else jpeg())
+
+
+def test_damaged_tiny_imagenet_archives_are_named_at_load(tmp_path):
+    (tmp_path / 'ok').mkdir()
+    tiny_archive(tmp_path / 'ok' / 'tiny-imagenet-200.zip')
+    assert len(data.load('tiny-imagenet', data_dir=str(tmp_path / 'ok'), img_size=16, seed=0).test) == 2
+    (tmp_path / 'bad').mkdir()
+    tiny_archive(tmp_path / 'bad' / 'tiny-imagenet-200.zip', corrupt='val/images/val_1.JPEG')
+    with pytest.raises(data.DataError, match='val_1.JPEG: cannot be read as an image'):
+        data.load('tiny-imagenet', data_dir=str(tmp_path / 'bad'), img_size=16, seed=0)  # at load, not in an epoch
+    (tmp_path / 'cut').mkdir()
+    raw = (tmp_path / 'ok' / 'tiny-imagenet-200.zip').read_bytes()
+    (tmp_path / 'cut' / 'tiny-imagenet-200.zip').write_bytes(raw[:len(raw) // 2])
+    with pytest.raises(data.DataError, match='tiny-imagenet-200.zip: not a readable'):
+        data.load('tiny-imagenet', data_dir=str(tmp_path / 'cut'), img_size=16, seed=0)

@@ -1,9 +1,12 @@
-"""theory/: Proposition 1's bound holds and is tight where it applies, and the controls exceed it."""
+"""theory/: Proposition 1's bound holds and is tight where it applies, all four controls exceed it; rank_by_depth
+refuses what it cannot analyse."""
 import os
 import sys
 
+import pytest
 import torch
 
+import train
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, 'theory'))
@@ -22,10 +25,10 @@ def test_the_bound_holds_and_is_tight_in_a_valid_setting():
     assert [rank for _, rank, _ in rows] == [4, 3, 2]  # rank <= bound, with equality: tight
 
 
-def test_controls_exceed_the_bound():
-    for control in ('full_rank', 'adam'):
-        rows = prop1.run(small(control=control))
-        assert all(rank > bound for _, rank, bound in rows), (control, rows)
+@pytest.mark.parametrize('control', ['full_rank', 'adam', 'post_relu', 'nonzero_init'])
+def test_every_control_exceeds_the_bound(control):
+    rows = prop1.run(small(control=control))
+    assert all(rank > bound for _, rank, bound in rows), (control, rows)
 
 
 def test_effective_rank_by_energy():
@@ -34,3 +37,17 @@ def test_effective_rank_by_energy():
     assert rank_by_depth.effective_rank(P, 0.90) == 1  # 100 / 109.01 = 0.917
     assert rank_by_depth.effective_rank(P, 0.99) == 2
     assert rank_by_depth.effective_rank(torch.zeros(2, 2, 2), 0.9) == 0
+
+
+def test_rank_by_depth_refuses_what_it_cannot_analyse(tmp_path, capsys):
+    train.main(['--method', 'lp', '--model', 'test_vit', '--no-pretrained', '--dataset', 'synthetic', '--img-size',
+                '32', '--epochs', '1', '--train-per-class', '4', '--speed-reps', '0', '--out', str(tmp_path / 'lp')])
+    (tmp_path / 'empty').mkdir()
+    for run, fragment in [(tmp_path / 'lp', 'is a lp run'), (tmp_path / 'empty', 'not a trained run'),
+                          (tmp_path / 'missing', 'not a trained run')]:
+        with pytest.raises(SystemExit) as e:
+            rank_by_depth.main(['--run', str(run)])
+        assert e.value.code == 2 and fragment in capsys.readouterr().err
+    assert not (tmp_path / 'lp' / 'rank_by_depth.md').exists()
+    with pytest.raises(SystemExit):
+        rank_by_depth.main(['--epochs', 'nan'])

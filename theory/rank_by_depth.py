@@ -13,7 +13,6 @@ Unlike the synthetic check (prop1_rank_bound.py), a real backbone's first convol
 with depth.
 """
 import argparse
-import json
 import os
 import sys
 
@@ -24,6 +23,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import train  # noqa: E402
 from data import SHARED_DATA  # noqa: E402
+from figures import pyplot  # noqa: E402
+from flags import POS_INT  # noqa: E402
 from prop1_rank_bound import numerical_rank  # noqa: E402  (the same rank threshold as the synthetic check)
 
 
@@ -35,9 +36,12 @@ def effective_rank(P: torch.Tensor, energy: float) -> int:
 
 
 def analyse(run_dir):
-    state = torch.load(os.path.join(run_dir, 'checkpoint.pt'), map_location='cpu', weights_only=False)['model']
-    prompts = sorted(((int(k.split('.')[3]), v) for k, v in state.items() if k.startswith('attached.0.prompts.')),
-                     key=lambda kv: kv[0])
+    """The rank figures of every prompt of a finished naive_deep_vp run; a clear error for any other directory."""
+    args, model = train.load_run(run_dir)
+    if args.method != 'naive_deep_vp':
+        raise train.UsageError(f'{run_dir} is a {args.method} run; rank_by_depth analyses naive_deep_vp runs (full '
+                               f'C x H x W prompts), e.g. the one it trains itself without --run')
+    prompts = [(l, p.P.detach()) for l, p in enumerate(model.attached[0].prompts)]
     rows = []
     for l, P in prompts:
         C, H, W = P.shape
@@ -50,9 +54,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--run', help='a finished naive_deep_vp run to analyse (default: train one now)')
     p.add_argument('--out', default='runs/rank_by_depth', help='run directory for the training (default %(default)s)')
-    p.add_argument('--train-per-class', type=int, default=200)
-    p.add_argument('--epochs', type=int, default=2)
-    p.add_argument('--img-size', type=int, default=96)
+    p.add_argument('--train-per-class', type=POS_INT, default=200)
+    p.add_argument('--epochs', type=POS_INT, default=2)
+    p.add_argument('--img-size', type=POS_INT, default=96)
     a = p.parse_args(argv)
     run_dir = a.run
     if run_dir is None:
@@ -60,11 +64,14 @@ def main(argv=None):
         args = ['--method', 'naive_deep_vp', '--model', 'tf_efficientnet_lite0', '--dataset', 'cifar10',
                 '--data-dir', SHARED_DATA, '--train-per-class', str(a.train_per_class), '--test-limit', '1000',
                 '--img-size', str(a.img_size), '--epochs', str(a.epochs), '--batch-size', '32', '--rho', '1.0',
-                '--speed-reps', '0', '--out', run_dir]
+                '--speed-reps', '0', '--precision', 'fp32', '--out', run_dir]
         train.main(['--resume', '--out', run_dir] if os.path.exists(os.path.join(run_dir, 'config.json')) else args)
-    rows = analyse(run_dir)
-    with open(os.path.join(run_dir, 'summary.json')) as f:
-        summary = json.load(f)
+    try:
+        rows = analyse(run_dir)
+        summary = train.RunDir(run_dir).read_json('summary.json')
+    except train.SETUP_ERRORS as e:
+        print(f'error: {e}', file=sys.stderr)
+        raise SystemExit(2) from None
     lines = [f"# Effective rank of naive deep prompts by depth: {summary['model']}, {summary['dataset']}, "
              f"{summary['img_size']} px, {summary['epochs']} epochs (test acc {summary['test_acc']:.2f}%)", '',
              '| block | prompt C x H x W | min(C, HW) | eff. rank 90% | eff. rank 99% | numerical rank | ||P||_F |',
@@ -74,9 +81,7 @@ def main(argv=None):
     with open(os.path.join(run_dir, 'rank_by_depth.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
 
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
     blocks = [r['block'] for r in rows]
     for key, mark in (('eff90', 'o-'), ('eff99', 's-')):

@@ -1,0 +1,165 @@
+"""train.py's command line: every flag with its type and range (a NaN, an infinity or a value out of range is refused
+by name), its help, which flags may change on --resume, and resolve(): the defaults a run actually uses.
+
+    a = resolve(parse(['--method', 'lorvp', '--lr', '0.01']))  # the recipe, the method's defaults, device, precision
+"""
+import argparse
+import math
+import os
+import re
+
+import torch
+
+import backbones
+import data
+import lorsp
+from methods import METHODS, resolve_defaults
+
+RESUMABLE = ('device', 'workers')  # the only flags that may differ from the saved run on --resume
+
+
+def number(cast, lo=-math.inf, hi=math.inf, *, lo_open=False, hi_open=False):
+    """An argparse type: a finite int or float in the interval [lo, hi] (open ends where asked)."""
+    interval = f'{"(" if lo_open else "["}{lo:g}, {hi:g}{")" if hi_open else "]"}'
+
+    def check(text):
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not {"an integer" if cast is int else "a number"}')
+        if not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+            raise argparse.ArgumentTypeError(f'{text} is not a finite number in {interval}')
+        return v
+    return check
+
+
+POS_INT, NONNEG_INT, POS, NONNEG = number(int, 1), number(int, 0), number(float, 0, lo_open=True), number(float, 0)
+FRACTION = number(float, 0, 1, hi_open=True)
+
+
+def device_name(text):
+    if not re.fullmatch(r'auto|cpu|mps|cuda(:\d+)?', text):
+        raise argparse.ArgumentTypeError(f'{text!r} is not a device: auto, cpu, cuda, cuda:N or mps')
+    return text
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='train.py', description='Train one method on a frozen timm backbone.',
+                                formatter_class=argparse.RawTextHelpFormatter,
+                                epilog=f'--resume takes the saved flags; of the others, only '
+                                       f'{", ".join("--" + k for k in RESUMABLE)} may change.')
+    p.add_argument('--method', choices=sorted(METHODS), metavar='METHOD', help='required unless --resume:\n' +
+                   '\n'.join(f'  {k:<14} {row.help}' for k, row in METHODS.items()))
+    p.add_argument('--model', default='resnet18', help='a timm model name, or name.tag; without a tag, the papers\' '
+                                                       'weights (backbones.PAPER_TAGS), e.g. resnet18.tv_in1k')
+    p.add_argument('--dataset', default='cifar100', choices=data.DATASETS)
+    p.add_argument('--data-dir', default='data', help='where data sets are read or downloaded (default ./data)')
+    p.add_argument('--img-size', type=POS_INT, default=224)
+    p.add_argument('--epochs', type=POS_INT, help='default: the method recipe (20 for the LoR-VP family)')
+    p.add_argument('--batch-size', type=POS_INT, help='global batch (default: the recipe, 256 for the LoR-VP family)')
+    p.add_argument('--lr', type=POS, help='default: the method recipe (0.02 for the LoR-VP family)')
+    p.add_argument('--prompt-lr', type=POS, help='lr of everything but the head (default: --lr; evp: 70 S / 224)')
+    p.add_argument('--wd', type=NONNEG, help='weight decay (default: the recipe, 1e-4 for the LoR-VP family)')
+    p.add_argument('--lr-scale', type=POS, default=1.0, help='multiplies --lr and --prompt-lr (a tuning grid)')
+    p.add_argument('--optimizer', choices=['sgd', 'adam', 'evp'], help='default: the method recipe')
+    p.add_argument('--schedule-lr', choices=['cosine', 'cosine_epoch', 'multistep', 'warmup_cosine', 'constant'],
+                   help='lr schedule, per step (default: the method recipe)')
+    p.add_argument('--warmup-epochs', type=NONNEG, help='warmup_cosine: epochs of linear warmup (default 10%% of '
+                                                        '--epochs: VPT\'s 10 of 100)')
+    p.add_argument('--seed', type=NONNEG_INT, default=0)
+    p.add_argument('--train-per-class', type=POS_INT, help='reduced protocol: this many training images per class')
+    p.add_argument('--test-limit', type=POS_INT, help='reduced protocol: the first N test images')
+    p.add_argument('--val-split', type=FRACTION, default=0.0, help='fraction of training images held out for selection')
+    p.add_argument('--weights', help='a local checkpoint for --model (timm naming, .safetensors, or lukemelas '
+                                     'EfficientNet naming): all of the backbone is loaded from it, or the run stops')
+    p.add_argument('--no-pretrained', action='store_true', help='random backbone weights, on purpose')
+    p.add_argument('--precision', choices=['fp32', 'bf16'], help='bf16 autocast (default on CUDA and on CPUs with '
+                                                                 'bf16 matrix instructions) or fp32')
+    p.add_argument('--compile', action='store_true', help='torch.compile the LoRSP prompt (README, Speed)')
+    p.add_argument('--device', type=device_name, default='auto', help='auto (cuda if there is one), cpu, cuda:N')
+    p.add_argument('--workers', type=NONNEG_INT, help='DataLoader workers (default 0 on cpu, 8 on cuda)')
+    p.add_argument('--out', help='run directory (default runs/<method>-<model>-<dataset>-<seed>)')
+    p.add_argument('--resume', action='store_true', help='continue the run in --out from its last saved epoch')
+    p.add_argument('--speed-reps', type=NONNEG_INT, default=5, help='repetitions timed for the speed figures (0: skip)')
+    g = p.add_argument_group('prompt shapes (LoTeP, grouped VP, LoR-VP, LoRSP)')
+    g.add_argument('--rank', type=POS_INT, help='r0 of LoTeP (default 6); r of LoR-VP, grouped VP, LoRSP (default 4)')
+    g.add_argument('--rho', type=number(float, 0, 1, lo_open=True), help='deep prompts: d = floor(L rho) (default: '
+                                                                         'per backbone family, methods.DEEP_RHO)')
+    g.add_argument('--schedule', default='cosine', choices=['cosine', 'cosine_den_d', 'linear', 'constant'],
+                   help='LoTeP rank schedule (Eq. 8 as printed; cosine_den_d fits Table 4\'s counts)')
+    g.add_argument('--vit-layout', default='patches', choices=['patches', 'sequence'])
+    g.add_argument('--init-std', type=POS, help='std of the prompt\'s random factor: LoTeP\'s spatial factors, '
+                                                'LoR-VP\'s / grouped VP\'s A, LoRSP\'s W, VPT\'s tokens')
+    g.add_argument('--core-init', default='identity', choices=['identity', 'normal'], help='LoTeP-TK core init')
+    g.add_argument('--input-prompt', default='none', choices=['none', 'lorvp', 'cp'],
+                   help='LoTeP: also a pixel prompt (spec 2.1): LoR-VP r = 4, or CP of rank --rank')
+    g.add_argument('--groups', type=POS_INT, help='grouped_lorvp: channel groups g (default 8)')
+    g = p.add_argument_group('LoRSP')
+    g.add_argument('--factors', type=POS_INT, default=4, help='n prompt factors = LIF time steps')
+    g.add_argument('--tau', type=number(float, 1), default=4.0)
+    g.add_argument('--v-th', type=number(float), default=0.0)
+    g.add_argument('--v-reset', type=number(float), default=0.0)
+    g.add_argument('--sparsity', type=FRACTION, default=0.5, help='lorsp_topk / lorsp_dropout: fraction zeroed')
+    g.add_argument('--eq9', default='mean', choices=['mean', *lorsp.EQ9], help='how spikes gate the factors')
+    g.add_argument('--orientation', default='cols', choices=['cols', 'rows'])
+    g.add_argument('--surrogate', default='sigmoid', choices=['sigmoid', 'atan'])
+    g.add_argument('--save-prompts', type=NONNEG_INT, default=0, help='K: PNGs of K test prompts, factor correlations')
+    g = p.add_argument_group('baselines')
+    g.add_argument('--label-map', choices=['lp', 'fm', 'ilm', 'flm', 'freq', 'iter'],
+                   help='head: lp (linear probe, default), fm (linear on source logits, autovp default), ilm (greedy '
+                        'mapping every epoch, ilm_vp default), flm (once, flm_vp), freq / iter (k sources each)')
+    g.add_argument('--map-k', type=POS_INT, default=1, help='freq / iter: source classes per target')
+    g.add_argument('--map-interval', type=POS_INT, default=1, help='iter: recompute every N epochs')
+    g.add_argument('--image-scale', type=number(float, 0, 1, lo_open=True, hi_open=True),
+                   help='border prompts: shrunk image side / canvas side (ILM-VP at CIFAR\'s 32 px in 224: 0.143)')
+    g.add_argument('--prompt-tokens', type=POS_INT, default=10, help='vpt_deep: tokens per block')
+    g.add_argument('--lora-rank', type=POS_INT, default=8)
+    g.add_argument('--lora-alpha', type=POS, default=8.0)
+    g.add_argument('--lora-targets', help='comma list of layer names to adapt (default: every conv and linear); '
+                                          'q, k, v adapt those slices of a fused qkv')
+    return p
+
+
+def parse(argv):
+    return parser().parse_args(argv)
+
+
+def given_flags(argv) -> set:
+    """The destinations of the flags written on the command line (not left at their defaults)."""
+    p = parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
+def saved_args(saved: dict) -> argparse.Namespace:
+    """The arguments a run was started with (the 'args' of its config.json), over today's defaults."""
+    a = parse(['--method', saved['method']])
+    vars(a).update(saved)
+    return a
+
+
+class UsageError(Exception):
+    pass
+
+
+def resolve(a):
+    """Fill the method's recipe and defaults, the weights' tag, device and precision. Nothing is built or written."""
+    if a.method is None:
+        raise UsageError(f'--method is required; choose one of: {", ".join(sorted(METHODS))}')
+    a.model = backbones.resolve_name(a.model)
+    resolve_defaults(a)
+    a.data_dir = os.path.abspath(a.data_dir)  # a resumed run reads the same data from any working directory
+    if a.warmup_epochs is None:
+        a.warmup_epochs = 0.1 * a.epochs
+    if a.device == 'auto':
+        a.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    elif a.device.startswith('cuda') and not torch.cuda.is_available():
+        raise UsageError(f'--device {a.device}: torch sees no CUDA device here; use --device cpu')
+    if a.precision is None:
+        cpu_bf16 = any(getattr(torch.cpu, f, lambda: False)() for f in ('_is_amx_tile_supported',
+                                                                        '_is_avx512_bf16_supported'))
+        a.precision = 'bf16' if a.device.startswith('cuda') or (a.device == 'cpu' and cpu_bf16) else 'fp32'
+    if a.workers is None:
+        a.workers = 8 if a.device.startswith('cuda') else 0
+    return a

@@ -1,0 +1,228 @@
+"""What `python train.py --method NAME` means: one row per method, with everything about it on that row.
+
+    row = METHODS['lotep_cp']
+    row.recipe    # optimizer, lr, wd, epochs, batch size, lr schedule: the official code's (flags override)
+    row.defaults  # this method's defaults of shared flags (rank, rho, init std, label map, image scale, ...)
+    model = row.build(a, K)  # a: train.py's resolved arguments, K classes -> an Adapted model
+
+A builder takes the arguments and the options fixed on its row (functools.partial), never the method's name.
+"""
+import math
+import re
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+import baselines
+import data
+import grouped_vp
+import lorsp
+import lotep
+from backbones import Adapted, create, family, normalizer, on_meta
+
+# ---- assembling a model: backbone, deep prompts on it, an input prompt, the head ----
+
+
+def assemble(a, K, *, prompt=None, deep=None, wrap=None, train_backbone=False):
+    """Backbone (pooled features for a linear head, or its source logits for a label mapping), deep prompts attached
+    to it, an input prompt, the head. Every method is this with some parts filled in."""
+    bb = create(a.model, pretrained=not a.no_pretrained, weights=a.weights, img_size=a.img_size,
+                num_classes=0 if a.label_map == 'lp' else None)
+    backbone_params, feature_dim = sum(p.numel() for p in bb.parameters()), bb.feature_dim
+    weights, sha256 = bb.weights_loaded, bb.weights_sha256  # what they are, before a method wraps the backbone
+    normalize = normalizer(bb)
+    attached = [deep(bb)] if deep else []
+    bb = wrap(bb) if wrap else bb
+    if a.label_map == 'lp':
+        head = nn.Linear(feature_dim, K)
+    elif a.label_map == 'fm':  # AutoVP FullyMap / LoR-VP "fm": a linear layer on the source logits
+        head = nn.Linear(feature_dim, K)
+    else:
+        k = a.map_k if a.label_map in ('freq', 'iter') else 1
+        interval = {'ilm': 1, 'iter': a.map_interval}.get(a.label_map)  # flm, freq: once, before training
+        head = baselines.SourceLabelMap(num_classes=K, num_source=feature_dim, k=k, interval=interval)
+    model = Adapted(backbone=bb.requires_grad_(True) if train_backbone else bb, normalize=normalize, head=head,
+                    prompt=prompt, attached=attached, train_backbone=train_backbone)
+    model.backbone_params, model.weights_loaded, model.weights_sha256 = backbone_params, weights, sha256
+    return model
+
+
+def size(a):
+    return (3, a.img_size, a.img_size)
+
+
+# ---- builders ----
+
+def build_lp(a, K):
+    return assemble(a, K)
+
+
+def build_ft(a, K):
+    return assemble(a, K, train_backbone=True)
+
+
+def build_lotep(a, K, *, kind):
+    pixel = {'none': None, 'lorvp': lambda: baselines.LoRVP(size=a.img_size, rank=4),
+             'cp': lambda: lotep.PixelPrompt(size=a.img_size, rank=a.rank, init_std=a.init_std)}[a.input_prompt]
+    return assemble(a, K, prompt=pixel() if pixel else None, deep=lambda bb: lotep.lotep(
+        backbone=bb, input_size=size(a), kind=kind, r0=a.rank, rho=a.rho, schedule=a.schedule, init_std=a.init_std,
+        core_init=a.core_init, vit_layout=a.vit_layout))
+
+
+def build_grouped_lorvp(a, K, *, per_channel):
+    return assemble(a, K, deep=lambda bb: grouped_vp.grouped_lorvp(
+        backbone=bb, input_size=size(a), groups=None if per_channel else a.groups, rank=a.rank, rho=a.rho,
+        init_std=a.init_std, vit_layout=a.vit_layout))
+
+
+def build_naive_deep_vp(a, K):
+    return assemble(a, K, deep=lambda bb: grouped_vp.naive_deep_vp(backbone=bb, input_size=size(a), rho=a.rho,
+                                                                   vit_layout=a.vit_layout))
+
+
+def build_lorsp(a, K, *, mode):
+    prompt = lorsp.LoRSP(size=a.img_size, factors=a.factors, rank=a.rank, tau=a.tau, v_th=a.v_th, v_reset=a.v_reset,
+                         mode=mode, sparsity=a.sparsity, combine=a.eq9, orientation=a.orientation,
+                         surrogate=a.surrogate, init_std=a.init_std)
+    return assemble(a, K, prompt=prompt.compile() if a.compile else prompt)
+
+
+def build_lorvp(a, K):
+    return assemble(a, K, prompt=baselines.LoRVP(size=a.img_size, rank=a.rank, init_std=a.init_std))
+
+
+def build_border(a, K, *, squash):
+    return assemble(a, K, prompt=baselines.BorderPrompt(canvas=a.img_size, inner=round(a.image_scale * a.img_size),
+                                                        squash=squash))
+
+
+def build_vpt_deep(a, K):
+    return assemble(a, K, wrap=lambda vit: baselines.VPTDeep(vit=vit, tokens=a.prompt_tokens, init_std=a.init_std))
+
+
+def build_lora(a, K):
+    def wrap(bb):
+        baselines.add_lora(bb, rank=a.lora_rank, alpha=a.lora_alpha, skip=[bb.get_classifier()],
+                           targets=a.lora_targets.split(',') if a.lora_targets else None)
+        return bb
+    return assemble(a, K, wrap=wrap)
+
+
+# ---- defaults that depend on other arguments ----
+
+# Prompting depth rho per backbone family (not given in the paper): Fig. 4b has deeper prompts helping ResNet-50 and
+# hurting Swin-B; Table 4's 168K / 169K fits d = 4 of ViT-B/16's 12 blocks; Table 1's totals fit rho in [1/3, 1/2].
+DEEP_RHO = {'ResNet': 0.5, 'EfficientNet': 0.5, 'SwinTransformer': 0.25}  # others (ViT, ConvNeXt, CoAtNet): 1/3
+
+
+def deep_rho(a):
+    return DEEP_RHO.get(family(a.model), 1 / 3)
+
+
+def vpt_init_std(a):
+    """VPT's token init U(-v, v), v = sqrt(6 / (3 p^2 + D)) for patch p and width D, as a std: v / sqrt(3)."""
+    vit = on_meta(a.model)
+    if not hasattr(vit, 'patch_embed'):
+        return None  # not a ViT: building vpt_deep says so
+    return math.sqrt(6.0 / (3 * vit.patch_embed.patch_size[0] ** 2 + vit.embed_dim)) / math.sqrt(3)
+
+
+def evp_prompt_lr(a):
+    """EVP steps its prompt by lr 70 in L2 norm, normalized over the whole 3 x 224 x 224 canvas; at another canvas
+    size S the same lr 70 S / 224 moves every entry as far per step."""
+    return 70.0 * a.img_size / 224
+
+
+# ---- the rows ----
+
+@dataclass(frozen=True)
+class Method:
+    help: str  # one line, listed by python train.py --help
+    build: Callable  # build(a, K) -> Adapted
+    recipe: dict  # optimizer, lr, wd, epochs, batch_size, schedule_lr (and prompt_lr where it differs from lr)
+    defaults: dict = field(default_factory=dict)  # defaults of shared flags; a callable gets the arguments
+
+
+LORVP_RECIPE = dict(optimizer='sgd', lr=0.02, wd=1e-4, epochs=20, batch_size=256, schedule_lr='cosine')  # LoR-VP
+LORSP_RECIPE = {**LORVP_RECIPE, 'lr': 0.01}  # LoRSP sec. IV-A: SGD lr 0.01, 20 epochs, batch 256
+BORDER_RECIPE = dict(optimizer='adam', lr=0.01, wd=0.0, epochs=200, batch_size=128, schedule_lr='multistep')  # ILM-VP
+LOTEP = dict(rank=6, rho=deep_rho, init_std=lotep.INIT_STD)  # r0 = 6 in all of LoTeP's results
+LORVP = dict(rank=4, init_std=0.01)  # LoR-VP's r = 4, A ~ N(0, 0.01^2)
+LORSP = dict(rank=4, init_std=0.01)  # (n, r) = (4, 4): 6,272 parameters at 224 px; W ~ N(0, 0.01^2)
+
+METHODS = {
+    'lp': Method('linear probe: a fresh linear head on the frozen backbone', build_lp, LORVP_RECIPE),
+    'ft': Method('full fine-tuning, Adam 1e-4 (ILM-VP\'s corrected baseline)', build_ft,
+                 {**LORVP_RECIPE, 'optimizer': 'adam', 'lr': 1e-4, 'wd': 0.0}),
+    'lora': Method('LoRA on every conv and linear (or --lora-targets), B = 0, merged for inference', build_lora,
+                   {**LORVP_RECIPE, 'optimizer': 'adam', 'lr': 1e-3, 'wd': 0.0}),  # our choice: no paper recipe
+    'lotep_cp': Method('LoTeP-CP: CP-rank prompts at the inputs of blocks 0..d-1, ranks by Eq. (8)',
+                       partial(build_lotep, kind='cp'), LORVP_RECIPE, LOTEP),
+    'lotep_tk': Method('LoTeP-TK: Tucker-rank prompts at the inputs of blocks 0..d-1, ranks by Eq. (8)',
+                       partial(build_lotep, kind='tk'), LORVP_RECIPE, LOTEP),
+    'grouped_lorvp': Method('Grouped VP (Eq. 3): g channel groups share a LoR-VP prompt, LoTeP\'s blocks',
+                            partial(build_grouped_lorvp, per_channel=False), LORVP_RECIPE,
+                            {**LORVP, 'rho': deep_rho, 'groups': 8}),
+    'deep_lorvp': Method('naive deep LoR-VP: a LoR-VP prompt per channel (g = C), LoTeP\'s blocks',
+                         partial(build_grouped_lorvp, per_channel=True), LORVP_RECIPE, {**LORVP, 'rho': deep_rho}),
+    'naive_deep_vp': Method('naive deep VP: a full C x H x W prompt per block, LoTeP\'s blocks', build_naive_deep_vp,
+                            LORVP_RECIPE, {'rho': deep_rho}),
+    'lorsp': Method('LoRSP: LIF spikes over n instance-specific low-rank factors gate a sparse input prompt',
+                    partial(build_lorsp, mode='lif'), LORSP_RECIPE, LORSP),
+    'lorsp_lpf': Method('LoRSP ablation LPF: the factors averaged, no neurons', partial(build_lorsp, mode='mean'),
+                        LORSP_RECIPE, LORSP),
+    'lorsp_topk': Method('LoRSP ablation: top-k of the mean factor (--sparsity zeroed)',
+                         partial(build_lorsp, mode='topk'), LORSP_RECIPE, LORSP),
+    'lorsp_dropout': Method('LoRSP ablation: random dropout of the mean factor (--sparsity zeroed)',
+                            partial(build_lorsp, mode='dropout'), LORSP_RECIPE, LORSP),
+    'lorvp': Method('LoR-VP: a per-channel low-rank prompt B A added to the image before normalization', build_lorvp,
+                    LORVP_RECIPE, LORVP),
+    'ilm_vp': Method('ILM-VP: shrunk image, sigmoid border, greedy label mapping every epoch',
+                     partial(build_border, squash=True), BORDER_RECIPE, {'label_map': 'ilm', 'image_scale': 128 / 224}),
+    'flm_vp': Method('FLM-VP: as ILM-VP with the label mapping computed once', partial(build_border, squash=True),
+                     BORDER_RECIPE, {'label_map': 'flm', 'image_scale': 128 / 224}),
+    'autovp': Method('AutoVP (one point of its search): resize-then-pad border, FullyMap on the source logits',
+                     partial(build_border, squash=True), {**BORDER_RECIPE, 'lr': 1e-3},
+                     {'label_map': 'fm', 'image_scale': 192 / 224}),
+    'evp': Method('EVP: shrink-and-pad border trained by EVP\'s normalized-gradient step; LP head',
+                  partial(build_border, squash=False),
+                  dict(optimizer='evp', lr=0.02, wd=1e-4, epochs=1000, batch_size=256, schedule_lr='cosine_epoch'),
+                  {'image_scale': 164 / 224, 'prompt_lr': evp_prompt_lr}),
+    'vpt_deep': Method('VPT-Deep: tokens before every ViT block, replaced per block, stripped before pooling',
+                       build_vpt_deep,
+                       dict(optimizer='sgd', lr=0.25, wd=1e-4, epochs=100, batch_size=128, schedule_lr='warmup_cosine'),
+                       {'init_std': vpt_init_std}),
+}
+
+
+def resolve_defaults(a):
+    """Fill every argument left at None from the method's recipe and defaults (callables see the others)."""
+    row = METHODS[a.method]
+    for key, value in {**row.recipe, 'label_map': 'lp', **row.defaults}.items():
+        if getattr(a, key, None) is None:
+            setattr(a, key, value(a) if callable(value) else value)
+    return a
+
+
+class BuildError(Exception):
+    """A method that cannot be built as asked (a method module's ValueError, with the flags that set its argument)."""
+
+
+def build(a):
+    """The model of a run: seeded, so a resumed or re-built run gets the same head (and prompt) initialisation."""
+    torch.manual_seed(a.seed)
+    try:
+        return METHODS[a.method].build(a, data.NUM_CLASSES[a.dataset]).to(a.device)
+    except ValueError as e:  # a method module names its own argument: say which flag sets it
+        flags = sorted({f'--{w.replace("_", "-")}' for w in re.findall(r'[a-z_0-9]+', str(e)) if w in vars(a)})
+        raise BuildError(f'{a.method} on {a.model}: {e}' + (f' (set by {", ".join(flags)})' if flags else '')) \
+            from None
+
+
+def load_state(model, state):
+    """Loads a run's trainable state into a model made by build() (the frozen backbone is not in it)."""
+    result = model.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys

@@ -1,0 +1,153 @@
+"""Use trained prompts: classify images, or evaluate on a data set, from prompt files alone (serve.py).
+
+    python predict.py --prompt runs/x/prompt.safetensors cat.png photos/        # top-5 classes of each image
+    python predict.py --prompt runs/x/prompt.safetensors --dataset cifar10 --data-dir ../shared/data --split test
+    python predict.py --prompt a.safetensors --prompt b.safetensors 0:cat.png 1:scan.png photos/   # several tasks, one
+                                                                                # backbone, one batch; N: picks a task
+
+An image is resized as training did (the run's image size, no crop). With several prompt files every image goes to
+every task, unless written N:path (task N only). --out writes the predictions as .csv or .json. Evaluation uses the
+run's data settings (seed, --test-limit, batch size, precision): on the device it was trained on, it reproduces the
+run's test accuracy exactly.
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
+
+import data
+import train
+from flags import NONNEG_INT, POS_INT, device_name
+from serve import MultiTask, PromptFileError, load_task
+
+EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+
+
+class Images(Dataset):
+    """Image files as [0, 1] tensors at one square size (the training resize), or a clear error naming the file."""
+
+    def __init__(self, paths, size):
+        self.paths, self.size = paths, size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        try:
+            image = TF.pil_to_tensor(Image.open(self.paths[i]).convert('RGB'))
+        except Exception as e:
+            raise data.DataError(f'{self.paths[i]}: cannot be read as an image ({type(e).__name__}: '
+                                 f'{str(e).strip().splitlines()[0][:100]})') from None
+        return TF.resize(image, [self.size, self.size], antialias=True).float().div_(255)
+
+
+def expand(inputs, tasks):
+    """[(task or None, image path)] from files and folders (a folder: its images, sorted), 'N:path' picks task N."""
+    out = []
+    for item in inputs:
+        task, _, path = item.partition(':') if item.split(':', 1)[0].isdigit() and ':' in item else (None, '', item)
+        task = None if task is None else int(task)
+        if task is not None and task >= tasks:
+            raise PromptFileError(f'{item}: task {task}, but only {tasks} prompt file(s) were given')
+        if os.path.isdir(path):
+            files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(EXTENSIONS))
+            if not files:
+                raise data.DataError(f'{path}: a folder without images ({", ".join(EXTENSIONS)})')
+            out += [(task, f) for f in files]
+        elif os.path.isfile(path):
+            out.append((task, path))
+        else:
+            raise data.DataError(f'{path}: no such image file or folder')
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument('--prompt', action='append', required=True, help='a prompt file (repeat for several tasks)')
+    p.add_argument('inputs', nargs='*', help='image files or folders; N:path sends them to task N only')
+    p.add_argument('--top-k', type=POS_INT, default=5)
+    p.add_argument('--out', help='write the predictions to a .csv or .json file')
+    p.add_argument('--dataset', choices=data.DATASETS, help='evaluate on a data set instead')
+    p.add_argument('--data-dir', help='where the data set is (default: the run\'s)')
+    p.add_argument('--split', default='test', choices=['test'], help='the evaluated split')
+    p.add_argument('--test-limit', type=POS_INT, help='the first N test images (default: the run\'s)')
+    p.add_argument('--batch-size', type=POS_INT, default=32)
+    p.add_argument('--device', type=device_name, default='cpu')
+    p.add_argument('--workers', type=NONNEG_INT, default=0)
+    a = p.parse_args(argv)
+    if a.out and not a.out.endswith(('.csv', '.json')):
+        p.error(f'--out {a.out}: write .csv or .json')
+    if (a.dataset is None) == (not a.inputs):
+        p.error('give images (files or folders) or --dataset, one of the two')
+    try:
+        if a.dataset:
+            return evaluate(a)
+        return classify(a)
+    except (PromptFileError, data.DataError) + train.SETUP_ERRORS as e:
+        print(f'error: {e}', file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def evaluate(a):
+    """The test accuracy of one prompt file on a data set, through train.py's own evaluation."""
+    if len(a.prompt) != 1:
+        raise PromptFileError('--dataset evaluates one prompt file at a time')
+    args, model, meta = load_task(a.prompt[0], device=a.device)
+    if a.dataset != args.dataset:
+        raise PromptFileError(f'--prompt {a.prompt[0]}: trained on {args.dataset}, not {a.dataset}')
+    limit = a.test_limit or args.test_limit
+    splits = data.load(a.dataset, data_dir=a.data_dir or args.data_dir, img_size=args.img_size, seed=args.seed,
+                       train_per_class=1, test_limit=limit)
+    args.workers = a.workers
+    acc = train.evaluate(model, splits.test, args)
+    reported = f' (the run reported {meta["test_acc"]:.2f}%)' if meta.get('test_acc') is not None else ''
+    print(f'{meta["method"]} on {meta["model"]}: test acc {acc:.2f}% on {len(splits.test)} {a.dataset} test '
+          f'images{reported}')
+    return acc
+
+
+@torch.no_grad()
+def classify(a):
+    if len(a.prompt) == 1:
+        args, model, meta = load_task(a.prompt[0], device=a.device)
+        metas, run = [meta], lambda x, task: list(model(x))
+    else:
+        server = MultiTask(a.prompt, device=a.device)
+        metas, run = server.meta, server
+    size = metas[0]['img_size']
+    items = [(t, path) for task, path in expand(a.inputs, len(metas))
+             for t in ([task] if task is not None else range(len(metas)))]
+    images = Images([path for _, path in items], size)
+    rows = []
+    for start in range(0, len(items), a.batch_size):
+        chunk = items[start:start + a.batch_size]
+        x = torch.stack([images[start + i] for i in range(len(chunk))]).to(a.device)
+        task = torch.tensor([t for t, _ in chunk], device=a.device)
+        for (t, path), logits in zip(chunk, run(x, task)):
+            probs = logits.float().softmax(-1)
+            top = probs.topk(min(a.top_k, len(probs)))
+            classes = metas[t]['classes']
+            rows.append(dict(image=path, prompt=a.prompt[t], top=[(classes[i], round(float(p), 4))
+                                                                  for p, i in zip(top.values, top.indices)]))
+    for r in rows:
+        print(f'{r["image"]}  [{os.path.basename(os.path.dirname(r["prompt"])) or r["prompt"]}]  ' +
+              ', '.join(f'{c} {p:.3f}' for c, p in r['top']))
+    if a.out and a.out.endswith('.json'):
+        with open(a.out, 'w') as f:
+            json.dump(rows, f, indent=1)
+    elif a.out:
+        with open(a.out, 'w', newline='') as f:
+            w = csv.writer(f)
+            w.writerow(['image', 'prompt', 'rank', 'class', 'probability'])
+            w.writerows([r['image'], r['prompt'], k + 1, c, p] for r in rows for k, (c, p) in enumerate(r['top']))
+    return rows
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,110 @@
+"""Plant the classic visual-prompting bugs, one at a time, in a copy of this repository, and check that the test suite
+fails on each: a test that still passes with the bug in place guards nothing.
+
+    python tests/plant_bugs.py            # every bug (about 10 minutes on a 2-core CPU)
+    python tests/plant_bugs.py detach     # the bugs whose name contains 'detach'
+
+Not collected by pytest (a developer's tool); its last run is quoted in README (Tests).
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# name: (file, the line as it is, the line with the bug, the tests that must fail)
+BUGS = {
+    'lorvp prompt detached': ('baselines.py', 'return x + torch.bmm(self.B, self.A)',
+                              'return x + torch.bmm(self.B, self.A).detach()', 'tests/test_methods.py'),
+    'border prompt detached': ('baselines.py', '        x = x + self.border()\n',
+                               '        x = x + self.border().detach()\n', 'tests/test_methods.py'),
+    'vpt tokens detached': ('baselines.py', 'prompt = self.prompts[i].expand(x.shape[0], -1, -1).to(x.dtype)',
+                            'prompt = self.prompts[i].expand(x.shape[0], -1, -1).to(x.dtype).detach()',
+                            'tests/test_methods.py'),
+    'lorsp W detached': ('lorsp.py', 'A = (x @ self.W).unflatten(-1, (self.n, self.r))  # (B, c, L, n r)',
+                         'A = (x @ self.W.detach()).unflatten(-1, (self.n, self.r))  # (B, c, L, n r)',
+                         'tests/test_methods.py'),
+    'lpf W detached': ('lorsp.py', 'A = (x @ m.W).unflatten(-1, (m.n, m.r)).mean(-2)',
+                       'A = (x @ m.W.detach()).unflatten(-1, (m.n, m.r)).mean(-2)', 'tests/test_methods.py'),
+    'lotep channel factor detached': ('lotep.py', "return torch.einsum('ti,tj,tk->ijk', self.a, self.b, self.c)",
+                                      "return torch.einsum('ti,tj,tk->ijk', self.a.detach(), self.b, self.c)",
+                                      'tests/test_methods.py'),
+    'input prompt after normalization': ('backbones.py', 'return self.backbone(self.normalize(self.prompt(x)))',
+                                         'return self.backbone(self.prompt(self.normalize(x)))',
+                                         'tests/test_methods.py'),
+    'deep prompt one block late': ('lotep.py', 'blocks[l].register_forward_pre_hook(AddPrompt(self, l))',
+                                   'blocks[l + 1].register_forward_pre_hook(AddPrompt(self, l))',
+                                   'tests/test_lotep.py'),
+    'swin prompt in the wrong layout': ('lotep.py', 'return P.permute(1, 2, 0)  # (H, W, C)',
+                                        'return P.permute(2, 1, 0)  # (H, W, C)', 'tests/test_lotep.py'),
+    'vit CLS token prompted': ('lotep.py', 'nn.functional.pad(tokens, (0, 0, self.prefix, 0))',
+                               'nn.functional.pad(tokens, (0, 0, 0, self.prefix))', 'tests/test_lotep.py'),
+    'deep prompt added in place': ('lotep.py', 'return (x + self.prompts.prompt(self.l).to(x.dtype),)',
+                                   'return (x.add_(self.prompts.prompt(self.l).to(x.dtype)) if not '
+                                   'torch.is_grad_enabled() else x + self.prompts.prompt(self.l).to(x.dtype),)',
+                                   'tests/test_lotep.py'),
+    'shape probe in train mode': ('lotep.py', '    backbone.eval()\n    try:\n', '    try:\n', 'tests/test_lotep.py'),
+    'backbone left in train mode': ('backbones.py', '            self.backbone.eval()\n', '            pass\n',
+                                    'tests/test_methods.py'),
+    'lotep channel factor not zero': ('lotep.py', 'self.a = nn.Parameter(torch.zeros(rank, C))',
+                                      'self.a = nn.Parameter(torch.randn(rank, C))', 'tests/test_methods.py'),
+    'tucker core zero': ('lotep.py', "core_init: str = 'identity'):", "core_init: str = 'zero'):",
+                         'tests/test_lotep.py'),
+    'eq8 denominator d': ('lotep.py', 'x = 1 + (r0 - 1) / 2 * (1 + math.cos(math.pi * l / (d - 1)))',
+                          'x = 1 + (r0 - 1) / 2 * (1 + math.cos(math.pi * l / d))', 'tests/test_lotep.py'),
+    'lorvp A init std 1': ('baselines.py', 'channels: int = 3, init_std: float = 0.01):',
+                           'channels: int = 3, init_std: float = 1.0):', 'tests/test_baselines.py'),
+    'label mapping not one-to-one': ('baselines.py', '        counts[s, :] = -math.inf\n', '',
+                                     'tests/test_baselines.py'),
+    'lif soft reset': ('lorsp.py', 'V = H * (1 - S) + v_reset * S', 'V = H - v_th * S', 'tests/test_lorsp.py'),
+    'heaviside(0) = 0': ('lorsp.py', 'return (v >= 0).to(v.dtype)', 'return (v > 0).to(v.dtype)',
+                         'tests/test_lorsp.py'),
+    'lif input not scaled by 1/tau': ('lorsp.py', 'H = V + (P_t - (V - v_reset)) / tau',
+                                      'H = V + (P_t - (V - v_reset))', 'tests/test_lorsp.py'),
+    'lora B not zero': ('baselines.py', 'self.B = nn.Parameter(torch.zeros(len(self.parts), rows.pop(), rank))',
+                        'self.B = nn.Parameter(torch.randn(len(self.parts), rows.pop(), rank))',
+                        'tests/test_methods.py'),
+    'lora scaling alpha instead of alpha / r': ('baselines.py', 'self.scaling = alpha / rank', 'self.scaling = alpha',
+                                                'tests/test_baselines.py'),
+    'evp normalized over the border only': ('baselines.py', 'p.sub_(p.grad / (canvas_grad.norm() + 1e-12)',
+                                            'p.sub_(p.grad / (p.grad.norm() + 1e-12)', 'tests/test_baselines.py'),
+    'resume forgets the optimizer': ('train.py', "        opt.load_state_dict(ckpt['optimizer'])\n", '',
+                                     'tests/test_train.py'),
+    'torchrun gradients not summed': ('train.py', '            sum_gradients(model)\n', '', 'tests/test_train.py'),
+    'prop1 adam control runs sgd': ('theory/prop1_rank_bound.py', "if s.control == 'adam' else", "if False else",
+                                    'tests/test_theory.py'),
+    'nan loss accepted': ('train.py', '            if not math.isfinite(batch_loss):', '            if False:',
+                          'tests/test_train.py'),
+}
+
+
+def plant(name, file, before, after, tests):
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = os.path.join(tmp, 'repo')
+        shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns('runs', 'results', '.git', '__pycache__'))
+        path = os.path.join(copy, file)
+        text = open(path).read()
+        if text.count(before) != 1:
+            return f'NOT PLANTED (the line is there {text.count(before)} times)'
+        open(path, 'w').write(text.replace(before, after))
+        # ../shared beside the copy, as beside the repository
+        os.symlink(os.path.join(os.path.dirname(ROOT), 'shared'), os.path.join(tmp, 'shared'))
+        p = subprocess.run([sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider', tests], cwd=copy,
+                           capture_output=True, text=True)
+        return 'caught' if p.returncode != 0 else 'MISSED: the tests pass with the bug'
+
+
+def main(argv):
+    chosen = {k: v for k, v in BUGS.items() if not argv or any(a in k for a in argv)}
+    results = {}
+    for name, spec in chosen.items():
+        results[name] = plant(name, *spec)
+        print(f'{name:<45} {results[name]}', flush=True)
+    print(f'{sum(r == "caught" for r in results.values())} of {len(results)} planted bugs caught')
+    return 0 if all(r == 'caught' for r in results.values()) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))
