@@ -136,6 +136,8 @@ class SourceLabelMap(nn.Module):
             x = x.to(self.mapping.device)
             pred = model.features(x).argmax(1).cpu()  # the frozen backbone's source prediction, prompt included
             counts.index_put_((pred, y), torch.ones(len(y)), accumulate=True)
+        if torch.distributed.is_initialized():  # torchrun: each process counted its share of the training set
+            torch.distributed.all_reduce(counts)
         self.mapping.copy_(greedy_mapping(counts, self.k))
         self.computed.fill_(True)
         model.train(was_training)

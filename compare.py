@@ -68,19 +68,21 @@ LONG_ARMS = ['lp', 'lora', 'lorvp', 'evp', 'ilm_vp', 'autovp', 'lotep_cp', 'lote
              'lorsp', 'lorsp_lpf']
 PROTOCOLS = {
     'offline-cifar10': Protocol(
-        'Lite0, CIFAR-10 500/class, 128 px, 2 epochs, fp32: the first table, recipes untuned',
+        'Lite0, CIFAR-10 500/class, 128 px, 2 epochs, fp32: each method\'s recipe, its lr untuned; the deep '
+        'prompts\' init std selected on validation (one grid, 1-epoch runs)',
         dict(**CIFAR, train_per_class=500, test_limit=2000, img_size=128, epochs=2, batch_size=32, precision='fp32'),
         methods('lp', 'ft', 'lora', 'lorvp', 'ilm_vp', 'autovp', 'evp', 'lotep_cp', 'lotep_tk', 'grouped_lorvp',
                 'deep_lorvp', 'lorsp', 'lorsp_lpf'), (0, 1, 2),
         tune={'init_std': (1.0, 0.3, 0.1, 0.01), 'epochs': 1},  # the deep prompts' init: one grid, one budget
         tuned_arms=('lotep_cp', 'lotep_tk', 'grouped_lorvp', 'deep_lorvp')),
     'offline-cifar10-long': Protocol(
-        'Lite0, CIFAR-10 200/class, 96 px, 8 epochs, bf16; lr x init scale tuned on a validation split per method; the '
-        'ablation arms (top-k, dropout, constant rank) take the choice of the method they ablate',
+        'Lite0, CIFAR-10 200/class, 96 px, 8 epochs, bf16; lr x init scale tuned per method on a validation split '
+        '(3-epoch runs, the same budget for every method); the ablation arms (top-k, dropout, constant rank) take the '
+        'choice of the method they ablate',
         dict(**CIFAR, train_per_class=200, test_limit=2000, img_size=96, epochs=8, batch_size=32, precision='bf16'),
         {**methods(*LONG_ARMS, 'lorsp_topk', 'lorsp_dropout'),
          'lotep_cp-constant': ['--method', 'lotep_cp', '--schedule', 'constant']}, (0, 1, 2),
-        tune={'lr': (0.3, 1, 3), 'init': (0.3, 1, 3)}, tuned_arms=tuple(LONG_ARMS),
+        tune={'lr': (0.3, 1, 3), 'init': (0.3, 1, 3), 'epochs': 3}, tuned_arms=tuple(LONG_ARMS),
         tuned_like={'lorsp_topk': 'lorsp', 'lorsp_dropout': 'lorsp', 'lotep_cp-constant': 'lotep_cp'},
         claims=(('lotep_cp', 'lorvp', 2.5, 'LoTeP: +2.5 over LoR-VP on average'),
                 ('lotep_tk', 'lorvp', 2.5, 'LoTeP: +2.5 over LoR-VP on average'),
@@ -348,8 +350,9 @@ def mean_sd(values):
         f'{v[0]:.2f} (1)' if v else '-'
 
 
-def table(name, protocol, settings, seeds, rows, tuning, claims, wall_s, tune_wall_s):
-    lines = [f'# {name}', '', protocol.about + '.', '', f'Settings: {json.dumps(shown(settings))}; seeds {seeds}.',
+def table(name, protocol, settings, seeds, rows, tuning, claims, wall_s, tune_wall_s, changes):
+    lines = [f'# {name}', '', protocol.about + '.' + (f' **Changed for this table**: {"; ".join(changes)}.'
+                                                      if changes else ''), '', f'Settings: {json.dumps(shown(settings))}; seeds {seeds}.',
              f'Machine: {platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}' +
              (f', {torch.cuda.get_device_name()}' if torch.cuda.is_available() else '') +
              f'. Wall time of the runs: {wall_s / 60:.1f} min' +
@@ -474,11 +477,12 @@ def main(argv=None):
         if arm in arms and like in tuning:
             tuning[arm] = dict(chosen=f'as {like}: {tuning[like]["chosen"]}', flags=tuning[like]['flags'], tried={})
     jobs = []
-    for arm in arms:
-        tuned = tuning.get(arm, {}).get('flags', [])
-        for i, seed in enumerate(seeds):
+    for seed in seeds:  # seed by seed: a comparison stopped half-way has every arm of its first seeds
+        for arm in arms:
+            tuned = tuning.get(arm, {}).get('flags', [])
             out = os.path.join(runs_dir, f'{arm}-s{seed}'.replace(' ', '_').replace('=', ''))
-            argv = train_argv(settings, arm_flags[arm] + tuned, seed, out, 5 if i == 0 else 0, extra)
+            speed_reps = 5 if seed == protocol.seeds[0] else 0  # one speed measurement per arm
+            argv = train_argv(settings, arm_flags[arm] + tuned, seed, out, speed_reps, extra)
             jobs.append(Job(f'[{name}] {arm} seed {seed}', argv, out, arm, seed))
     run_all(jobs, a.jobs)
     runs = [{**j.result, 'arm': j.arm, 'seed': j.seed} for j in jobs]
@@ -501,12 +505,14 @@ def main(argv=None):
                                verdict=verdict(ci, claimed)))
     wall = sum(r.get('wall_s') or 0.0 for r in runs)  # every run in the table, merged ones included
     os.makedirs('results', exist_ok=True)
-    md = table(name, protocol, settings, seeds, rows, tuning, claims, wall, tune_wall)
+    changes = [f'{flag(k)} {v}' for k, v in changed.items()] + ([f'--extra {a.extra}'] if extra else []) + \
+        ([f'lr multipliers tuned: {a.tune_lr}'] if a.tune_lr else []) + (['no tuning'] if a.no_tune else [])
+    md = table(name, protocol, settings, seeds, rows, tuning, claims, wall, tune_wall, changes)
     with open(os.path.join('results', f'{name}.md'), 'w') as f:
         f.write(md)
     with open(results_path, 'w') as f:
-        json.dump(dict(protocol=a.protocol, name=name, settings=shown(settings), extra=extra, seeds=seeds, arms=arms,
-                       tuning=tuning, claims=claims, wall_s=wall, tune_wall_s=tune_wall, rows=rows, runs=runs),
+        json.dump(dict(protocol=a.protocol, name=name, changes=changes, settings=shown(settings), extra=extra,
+                       seeds=seeds, arms=arms, tuning=tuning, claims=claims, wall_s=wall, tune_wall_s=tune_wall, rows=rows, runs=runs),
                   f, indent=1, allow_nan=False)
     if any(r['accs'] for r in rows):
         figures(name, rows)

@@ -36,9 +36,7 @@ def assemble(a, K, *, prompt=None, deep=None, wrap=None, train_backbone=False):
     normalize = normalizer(bb)
     attached = [deep(bb)] if deep else []
     bb = wrap(bb) if wrap else bb
-    if a.label_map == 'lp':
-        head = nn.Linear(feature_dim, K)
-    elif a.label_map == 'fm':  # AutoVP FullyMap / LoR-VP "fm": a linear layer on the source logits
+    if a.label_map in ('lp', 'fm'):  # a linear head on pooled features, or on the source logits (AutoVP FullyMap)
         head = nn.Linear(feature_dim, K)
     else:
         k = a.map_k if a.label_map in ('freq', 'iter') else 1
