@@ -4,6 +4,7 @@ backbone's, timed in one process, interleaved, so that both see the same machine
     python bench.py --model tf_efficientnet_lite0 --img-size 128 --methods all     # -> results/bench-<model>-<size>.md
     python bench.py --methods lorsp,lorvp --precision fp32 --compile --tag fp32-compiled
     python bench.py --serve lorvp,lotep_cp,lorsp,lotep_tk      # T tasks on one backbone in one batch, against T models
+    python bench.py --methods lorsp,ft --profile               # where the time goes: torch.profiler's top ops
 
 The floor of a prompt is what the frozen backbone costs anyway: its forward + backward to its input (training; an
 input-space or deep prompt needs that backward), and its forward (inference). Each round times, for every method in
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -107,6 +109,28 @@ def speed(a, model, K, reps):
     return figures(best, len(x))
 
 
+def profile(tasks, reps=5, top=6):
+    """Where each method's step and forward spend more time than the floor's: torch.profiler's self time per op, the
+    method's and its floor's, over reps calls each; the ops that add the most first."""
+    from torch.profiler import ProfilerActivity
+
+    def per_op(run):
+        run()  # warm-up
+        with torch.profiler.profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(reps):
+                run()
+        return {e.key: e.self_cpu_time_total / reps / 1e3 for e in prof.key_averages()}  # op -> ms per call
+    lines = []
+    for name, js in tasks.items():
+        for job in ('step', 'latency'):
+            mine, floor = per_op(js[job]), per_op(js['floor_' + job])
+            extra = sorted(mine, key=lambda k: floor.get(k, 0.0) - mine[k])
+            lines.append(f'{name} {job}: {sum(mine.values()):.1f} ms of op self time per call, the floor '
+                         f'{sum(floor.values()):.1f} ms; the ops that add most (method ms, floor ms):')
+            lines += [f'   {k[:52]:<52} {mine[k]:8.2f} {floor.get(k, 0.0):8.2f}' for k in extra[:top]]
+    return '\n'.join(lines) + '\n'
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--model', default='tf_efficientnet_lite0')
@@ -121,7 +145,10 @@ def main(argv=None):
     p.add_argument('--tag', help='results/bench-<model>-<size>-<tag>.md')
     p.add_argument('--no-pretrained', action='store_true', help='random weights, for models without offline weights')
     p.add_argument('--serve', help='comma list of methods: serve.MultiTask of these tasks against one model per task')
+    p.add_argument('--profile', action='store_true', help='instead of timing: the ops each method\'s step and forward '
+                   'add to its floor\'s (torch.profiler) -> results/profile-<model>-<size>.txt')
     b = p.parse_args(argv)
+    b.command = 'python bench.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     if b.serve:
         return serve_bench(b)
     names = list(METHODS) if b.methods == 'all' else b.methods.split(',')
@@ -144,6 +171,14 @@ def main(argv=None):
         tasks[name] = jobs(args, model, floor_model(args, b.classes), x, y)
         rows[name] = dict(method=name, trainable=sum(q.numel() for q in model.parameters() if q.requires_grad))
         print(f'built {name}: {rows[name]["trainable"]:,} trainable', flush=True)
+    if b.profile:
+        path = os.path.join('results', f'profile-{b.model}-{b.img_size}' + (f'-{b.tag}' if b.tag else '') + '.txt')
+        text = f'{b.command}\n\n' + profile(tasks)
+        os.makedirs('results', exist_ok=True)
+        with open(path, 'w') as f:
+            f.write(text)
+        print(text + f'-> {path}')
+        return
     best = interleaved(tasks, b.reps, args.device)
     for name in tasks:
         rows[name].update(figures(best[name], b.batch_size if b.batch_size <= 32 else 32))
@@ -193,7 +228,7 @@ def serve_bench(b):
                  mb=weights([bare]))]
     where = f'{platform.machine()} CPU ({os.cpu_count()} cores)' if a.device == 'cpu' else torch.cuda.get_device_name()
     lines = [f'# Serving {len(methods)} tasks ({", ".join(methods)}) on {b.model}, {b.img_size} px, a batch of '
-             f'{len(x)} (8 per task), fp32', '', f'`python bench.py {" ".join(os.sys.argv[1:])}`; the fastest of '
+             f'{len(x)} (8 per task), fp32', '', f'`{b.command}`; the fastest of '
              f'{b.reps} interleaved rounds; {where}, torch {torch.__version__}', '',
              '| serving | ms per batch | images/s | weights held MB |', '|---|---|---|---|']
     lines += [f'| {r["serving"]} | {r["ms"]:.1f} | {len(x) / r["ms"] * 1e3:.0f} | {r["mb"]:.1f} |' for r in rows]
@@ -209,7 +244,7 @@ def write(b, a, rows):
              else torch.cuda.get_device_name())
     lines = [f'# Speed against the floor: {b.model}, {b.img_size} px, batch {min(b.batch_size, 32)}, {a.precision}'
              f'{", LoRSP compiled" if b.compile else ""}', '',
-             f'`python bench.py {" ".join(os.sys.argv[1:])}`; {where}, torch {torch.__version__}; the fastest of '
+             f'`{b.command}`; {where}, torch {torch.__version__}; the fastest of '
              f'{b.reps} interleaved rounds. Step: forward + backward (floor: the bare frozen backbone\'s forward + '
              f'backward to its input). Latency: forward (floor: the bare backbone\'s).', '',
              '| method | trainable params | step ms | step ratio | latency ms/img | latency ratio |',

@@ -351,8 +351,9 @@ def mean_sd(values):
 
 
 def table(name, protocol, settings, seeds, rows, tuning, claims, wall_s, tune_wall_s, changes):
-    lines = [f'# {name}', '', protocol.about + '.' + (f' **Changed for this table**: {"; ".join(changes)}.'
-                                                      if changes else ''), '', f'Settings: {json.dumps(shown(settings))}; seeds {seeds}.',
+    changed = f' **Changed for this table**: {"; ".join(changes)}.' if changes else ''
+    lines = [f'# {name}', '', protocol.about + '.' + changed, '',
+             f'Settings: {json.dumps(shown(settings))}; seeds {seeds}.',
              f'Machine: {platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}' +
              (f', {torch.cuda.get_device_name()}' if torch.cuda.is_available() else '') +
              f'. Wall time of the runs: {wall_s / 60:.1f} min' +
@@ -512,7 +513,8 @@ def main(argv=None):
         f.write(md)
     with open(results_path, 'w') as f:
         json.dump(dict(protocol=a.protocol, name=name, changes=changes, settings=shown(settings), extra=extra,
-                       seeds=seeds, arms=arms, tuning=tuning, claims=claims, wall_s=wall, tune_wall_s=tune_wall, rows=rows, runs=runs),
+                       seeds=seeds, arms=arms, tuning=tuning, claims=claims, wall_s=wall, tune_wall_s=tune_wall,
+                       rows=rows, runs=runs),
                   f, indent=1, allow_nan=False)
     if any(r['accs'] for r in rows):
         figures(name, rows)

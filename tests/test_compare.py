@@ -34,6 +34,7 @@ def test_compare_writes_the_table_merges_subsets_and_skips_finished_runs(tmp_pat
     assert [r['arm'] for r in rows] == ['lp', 'lorvp'] and all(len(r['accs']) == 1 for r in rows)
     md = (tmp_path / 'results' / 'offline-cifar10-t.md').read_text()
     assert '| lorvp |' in md and '(1)' in md
+    assert 'Changed for this table**: --model test_vit;' in md and 'no tuning' in md  # a tagged table says how
     assert results(tmp_path, 'offline-cifar10-t')['settings']['model'] == 'test_vit'
     assert (tmp_path / 'results' / 'offline-cifar10-t-params.png').stat().st_size > 1000
     capsys.readouterr()
