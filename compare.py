@@ -4,6 +4,7 @@ results table, its statistics and its figures.
     python compare.py --protocol offline-cifar10                    # README's table: CPU, offline
     python compare.py --protocol offline-cifar10-long --jobs 2      # tuned on validation, 3 seeds, paired statistics
     python compare.py --protocol ablation-lotep-rho                 # one of the papers' ablations
+    python compare.py --protocol offline-cifar10-long --report      # the table of the runs finished so far
     python compare.py --list                                        # every protocol, its arms and settings
 
 Every run is a plain `python train.py ...` (the one training code path) into runs/<name>/<arm>-s<seed>, its log
@@ -160,20 +161,25 @@ class Job:
     result: dict = None  # the summary (+ wall_s), {'diverged': True, ...} or {'failed': why, 'log': path}
 
 
-def start(job, threads, gpu):
-    """Launch one train.py (or read back a finished run); returns a Popen, or None when there is nothing to run."""
+def start(job, threads, gpu, report=False):
+    """Launch one train.py (or read back a finished run); returns a Popen, or None when there is nothing to run.
+    report: launch nothing; a run not finished is marked pending."""
     config = read_json(os.path.join(job.out, 'config.json')) or {}
     made_by = config.get('command')
     if made_by is not None and made_by != 'python train.py ' + ' '.join(job.argv):
         raise SystemExit(f'error: {job.out} holds a run made with other settings ({made_by}); remove it, or give '
                          f'this comparison another --tag or --runs-dir')
     if RunDir(job.out).in_use():
-        job.result = {'failed': 'another process is running it now', 'log': job.out + '.log'}
+        job.result = {'pending': 'running now'} if report else \
+            {'failed': 'another process is running it now', 'log': job.out + '.log'}
         return None
     if os.path.exists(os.path.join(job.out, 'summary.json')):
         job.result = {**read_json(os.path.join(job.out, 'summary.json')),
                       'wall_s': read_json(job.out + '.wall.json', {}).get('wall_s')}
         print(f'{job.label}: done before, read back', flush=True)
+        return None
+    if report:
+        job.result = {'pending': 'not finished'}
         return None
     resume = made_by is not None and os.path.exists(os.path.join(job.out, 'checkpoint.pt'))
     cmd = [sys.executable, os.path.join(HERE, 'train.py')] + (['--resume', '--out', job.out] if resume else job.argv)
@@ -204,14 +210,14 @@ def finish(job, proc):
     print(f'{job.label}: {"finished" if "failed" not in job.result else "FAILED, see " + log}', flush=True)
 
 
-def run_all(jobs, n):
+def run_all(jobs, n, report=False):
     """Runs the jobs, n side by side (one GPU each when there are several GPUs; else the CPU threads split)."""
     gpus, threads = torch.cuda.device_count(), max(1, (os.cpu_count() or 1) // n)
     pending, running, free = list(jobs), {}, list(range(n))
     while pending or running:
         while pending and free:
             job, slot = pending.pop(0), free.pop(0)
-            proc = start(job, threads, slot % gpus if gpus > 1 else None)
+            proc = start(job, threads, slot % gpus if gpus > 1 else None, report)
             if proc is None:
                 free.append(slot)
             else:
@@ -254,9 +260,10 @@ def default_init(arm_flags, settings):
     return train.resolve(parse([*argv, '--no-pretrained', '--device', 'cpu'])).init_std
 
 
-def tune_arms(name, arm_flags, tune, settings, extra, runs_dir, jobs_n):
-    """arm -> {chosen configuration, its flags, every configuration's val acc (or 'diverged')}, chosen on validation
-    accuracy only (ties: the lower final training loss); the failed tuning runs; their wall time."""
+def tune_arms(name, arm_flags, tune, settings, extra, runs_dir, jobs_n, report=False):
+    """arm -> {chosen configuration, its flags, every configuration's val acc (or 'diverged'), the runs' wall time},
+    chosen on validation accuracy only (ties: the lower final training loss); and the failed tuning runs. With report,
+    an arm whose grid is not finished gets the best so far, marked."""
     jobs = {}
     for arm, flags_of_arm in arm_flags.items():
         configs, shorter = grid(flags_of_arm, tune, settings)
@@ -264,17 +271,20 @@ def tune_arms(name, arm_flags, tune, settings, extra, runs_dir, jobs_n):
             out = os.path.join(runs_dir, 'tune', f'{arm}-{config}'.replace(' ', '_').replace('=', ''))
             argv = train_argv(settings, flags_of_arm + flags + shorter + ['--val-split', '0.1'], 0, out, 0, extra)
             jobs[arm, config] = (Job(f'[tune {name}] {arm} {config}', argv, out), flags)
-    run_all([j for j, _ in jobs.values()], jobs_n)
+    run_all([j for j, _ in jobs.values()], jobs_n, report)
     tuning = {}
     for arm in arm_flags:
+        mine = {c: j for (a, c), (j, _) in jobs.items() if a == arm}
         tried = {c: j.result['val_acc'] if 'val_acc' in j.result else 'diverged' if j.result.get('diverged')
-                 else 'failed' for (a, c), (j, _) in jobs.items() if a == arm}
+                 else 'pending' if j.result.get('pending') else 'failed' for c, j in mine.items()}
         ok = {c: v for c, v in tried.items() if isinstance(v, float)}
-        best = max(ok, key=lambda c: (ok[c], -jobs[arm, c][0].result['train_loss'])) if ok else None
-        tuning[arm] = dict(chosen=best, flags=jobs[arm, best][1] if best else [], tried=tried)
+        best = max(ok, key=lambda c: (ok[c], -mine[c].result['train_loss'])) if ok else None
+        unfinished = 'pending' in tried.values()
+        tuning[arm] = dict(chosen=f'{best} so far' if unfinished and best else best,
+                           flags=jobs[arm, best][1] if best else [], tried=tried,
+                           wall_s=sum(j.result.get('wall_s') or 0.0 for j in mine.values()))
         print(f'[tune {name}] {arm}: ' + ', '.join(f'{c} {v}' for c, v in tried.items()) + f' -> {best}', flush=True)
-    failed = [j for j, _ in jobs.values() if 'failed' in j.result]
-    return tuning, failed, sum(j.result.get('wall_s') or 0.0 for j, _ in jobs.values())
+    return tuning, [j for j, _ in jobs.values() if 'failed' in j.result]
 
 
 def train_argv(settings, arm_flags, seed, out, speed_reps, extra=()):
@@ -350,9 +360,9 @@ def mean_sd(values):
         f'{v[0]:.2f} (1)' if v else '-'
 
 
-def table(name, protocol, settings, seeds, rows, tuning, claims, wall_s, tune_wall_s, changes):
+def table(name, protocol, settings, seeds, rows, tuning, claims, wall_s, tune_wall_s, changes, note=''):
     changed = f' **Changed for this table**: {"; ".join(changes)}.' if changes else ''
-    lines = [f'# {name}', '', protocol.about + '.' + changed, '',
+    lines = [f'# {name}', '', protocol.about + '.' + changed, *([note] if note else []), '',
              f'Settings: {json.dumps(shown(settings))}; seeds {seeds}.',
              f'Machine: {platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}' +
              (f', {torch.cuda.get_device_name()}' if torch.cuda.is_available() else '') +
@@ -438,6 +448,7 @@ def main(argv=None):
     p.add_argument('--no-tune', action='store_true', help='skip the protocol\'s tuning (needs --tag)')
     p.add_argument('--jobs', type=POS_INT, default=1, help='runs side by side (a GPU each; on a CPU the threads split)')
     p.add_argument('--runs-dir', help='default runs/<name>')
+    p.add_argument('--report', action='store_true', help='start no run: write the table of the runs finished so far')
     a = p.parse_args(argv)
     if a.list:
         for k, pr in PROTOCOLS.items():
@@ -471,9 +482,9 @@ def main(argv=None):
     if previous is not None and (previous.get('settings'), previous.get('extra', [])) != (shown(settings), extra):
         raise SystemExit(f'error: {results_path} was made with other settings; give these runs their own --tag')
 
-    tuning, tune_wall, failed = {}, 0.0, []
+    tuning, failed = {}, []
     if tune:
-        tuning, failed, tune_wall = tune_arms(name, tuned_arms, tune, settings, extra, runs_dir, a.jobs)
+        tuning, failed = tune_arms(name, tuned_arms, tune, settings, extra, runs_dir, a.jobs, a.report)
     for arm, like in protocol.tuned_like.items():  # an ablation keeps its method's hyper-parameters
         if arm in arms and like in tuning:
             tuning[arm] = dict(chosen=f'as {like}: {tuning[like]["chosen"]}', flags=tuning[like]['flags'], tried={})
@@ -485,8 +496,9 @@ def main(argv=None):
             speed_reps = 5 if seed == protocol.seeds[0] else 0  # one speed measurement per arm
             argv = train_argv(settings, arm_flags[arm] + tuned, seed, out, speed_reps, extra)
             jobs.append(Job(f'[{name}] {arm} seed {seed}', argv, out, arm, seed))
-    run_all(jobs, a.jobs)
-    runs = [{**j.result, 'arm': j.arm, 'seed': j.seed} for j in jobs]
+    run_all(jobs, a.jobs, a.report)
+    pending = [j for j in jobs if j.result.get('pending')]  # --report: not finished yet, so not in the table
+    runs = [{**j.result, 'arm': j.arm, 'seed': j.seed} for j in jobs if j not in pending]
     failed += [j for j in jobs if 'failed' in j.result]
     if previous is not None:  # merge: runs of other arms or seeds made with these settings stay in the table
         keep = {(r['arm'], r['seed']) for r in runs}
@@ -494,7 +506,7 @@ def main(argv=None):
         tuning = {**previous.get('tuning', {}), **tuning}
         arms = list(dict.fromkeys(previous['arms'] + arms))
         seeds = sorted(set(previous['seeds']) | set(seeds))
-        tune_wall += previous.get('tune_wall_s', 0.0)
+    tune_wall = sum(t.get('wall_s', 0.0) for t in tuning.values())
     rows = rows_of(runs, arms)
     by_arm = {r['arm']: r for r in rows}
     claims = []
@@ -508,7 +520,9 @@ def main(argv=None):
     os.makedirs('results', exist_ok=True)
     changes = [f'{flag(k)} {v}' for k, v in changed.items()] + ([f'--extra {a.extra}'] if extra else []) + \
         ([f'lr multipliers tuned: {a.tune_lr}'] if a.tune_lr else []) + (['no tuning'] if a.no_tune else [])
-    md = table(name, protocol, settings, seeds, rows, tuning, claims, wall, tune_wall, changes)
+    note = f'**Incomplete**: {len(pending)} of the {len(jobs)} runs are not finished; this table, written by ' \
+        f'--report, holds the others.' if pending else ''
+    md = table(name, protocol, settings, seeds, rows, tuning, claims, wall, tune_wall, changes, note)
     with open(os.path.join('results', f'{name}.md'), 'w') as f:
         f.write(md)
     with open(results_path, 'w') as f:

@@ -232,3 +232,21 @@ def test_cka_refuses_what_it_cannot_compare(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cka.main([str(tmp_path / 'lorvp'), '--images', '0'])
     assert not (tmp_path / 'lorvp' / 'cka.md').exists()
+
+
+def test_report_tables_the_finished_runs_and_starts_none(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ['--protocol', 'offline-tiny', '--tag', 'r', '--methods', 'lp', '--seeds', '0', *TINY, '--tune-lr', '1']
+    compare.main([*argv, '--report'])  # nothing has run: nothing starts, the table says so
+    assert not (tmp_path / 'runs').exists()
+    md = (tmp_path / 'results' / 'offline-tiny-r.md').read_text()
+    assert 'lr x1 pending' in md and 'Incomplete**: 1 of the 1 runs' in md
+    compare.main(argv)  # the tuning run, then the final one
+    compare.main([*argv, '--report'])  # everything finished: read back, nothing pending
+    saved = results(tmp_path, 'offline-tiny-r')
+    md = (tmp_path / 'results' / 'offline-tiny-r.md').read_text()
+    assert 'Incomplete' not in md and len(saved['runs']) == 1 and 'test_acc' in saved['runs'][0]
+    # tuning time is counted once however often the table is rewritten
+    tune_dir = tmp_path / 'runs' / 'offline-tiny-r' / 'tune'
+    walls = [json.loads(p.read_text())['wall_s'] for p in tune_dir.glob('*.wall.json')]
+    assert len(walls) == 1 and saved['tune_wall_s'] == pytest.approx(sum(walls))
