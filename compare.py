@@ -405,14 +405,15 @@ def figures(name, rows):
     plt = pyplot()
     done = [r for r in rows if r['accs']]
     paths = []
+    markers = 'osD^vP*Xph<>H8d'  # one marker (and colour) per method, named in the legend: labels on the points overlap
     for key, xlabel, log in (('params', 'trainable parameters', True), ('time', 'training time per run (s)', False)):
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        for r in done:
+        fig, ax = plt.subplots(figsize=(8, 4.4))
+        for i, r in enumerate(done):
             accs = list(r['accs'].values())
             x = r['params'] if key == 'params' else statistics.mean(r['times'])
-            ax.errorbar(x, statistics.mean(accs), yerr=statistics.stdev(accs) if len(accs) > 1 else 0, fmt='o',
-                        capsize=3)
-            ax.annotate(r['arm'], (x, statistics.mean(accs)), textcoords='offset points', xytext=(4, 3), fontsize=7)
+            ax.errorbar(x, statistics.mean(accs), yerr=statistics.stdev(accs) if len(accs) > 1 else 0,
+                        fmt=markers[i % len(markers)], color=f'C{i % 10}', capsize=3, label=r['arm'])
+        ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0), frameon=False)
         ax.set_xscale('log' if log else 'linear')
         ax.set_xlabel(xlabel)
         ax.set_ylabel('test accuracy % (mean ± std)')
@@ -507,6 +508,8 @@ def main(argv=None):
         arms = list(dict.fromkeys(previous['arms'] + arms))
         seeds = sorted(set(previous['seeds']) | set(seeds))
     tune_wall = sum(t.get('wall_s', 0.0) for t in tuning.values())
+    have = {(r['arm'], r['seed']) for r in runs}
+    pending = [j for j in pending if (j.arm, j.seed) not in have]  # a merged table may hold it already
     rows = rows_of(runs, arms)
     by_arm = {r['arm']: r for r in rows}
     claims = []
