@@ -53,6 +53,7 @@ class Protocol:
     tuned_arms: tuple = None  # the arms tuned (default: all)
     tuned_like: dict = field(default_factory=dict)  # an ablation arm -> the arm whose tuned flags it takes
     claims: tuple = ()  # (arm a, arm b, the paper's claimed gain of a over b or None, what the paper says)
+    final_flags: tuple = ()  # flags of the final runs only (a validation split for the val-selected accuracy)
 
 
 def methods(*names):
@@ -79,11 +80,12 @@ PROTOCOLS = {
     'offline-cifar10-long': Protocol(
         'Lite0, CIFAR-10 200/class, 96 px, 8 epochs, bf16; lr x init scale tuned per method on a validation split '
         '(3-epoch runs, the same budget for every method); the ablation arms (top-k, dropout, constant rank) take the '
-        'choice of the method they ablate',
+        'choice of the method they ablate; the final runs hold out 10% too, for the val-selected accuracy',
         dict(**CIFAR, train_per_class=200, test_limit=2000, img_size=96, epochs=8, batch_size=32, precision='bf16'),
         {**methods(*LONG_ARMS, 'lorsp_topk', 'lorsp_dropout'),
          'lotep_cp-constant': ['--method', 'lotep_cp', '--schedule', 'constant']}, (0, 1, 2),
         tune={'lr': (0.3, 1, 3), 'init': (0.3, 1, 3), 'epochs': 3}, tuned_arms=tuple(LONG_ARMS),
+        final_flags=('--val-split', '0.1'),
         tuned_like={'lorsp_topk': 'lorsp', 'lorsp_dropout': 'lorsp', 'lotep_cp-constant': 'lotep_cp'},
         claims=(('lotep_cp', 'lorvp', 2.5, 'LoTeP: +2.5 over LoR-VP on average'),
                 ('lotep_tk', 'lorvp', 2.5, 'LoTeP: +2.5 over LoR-VP on average'),
@@ -495,7 +497,8 @@ def main(argv=None):
             tuned = tuning.get(arm, {}).get('flags', [])
             out = os.path.join(runs_dir, f'{arm}-s{seed}'.replace(' ', '_').replace('=', ''))
             speed_reps = 5 if seed == protocol.seeds[0] else 0  # one speed measurement per arm
-            argv = train_argv(settings, arm_flags[arm] + tuned, seed, out, speed_reps, extra)
+            argv = train_argv(settings, arm_flags[arm] + tuned + list(protocol.final_flags), seed, out, speed_reps,
+                              extra)
             jobs.append(Job(f'[{name}] {arm} seed {seed}', argv, out, arm, seed))
     run_all(jobs, a.jobs, a.report)
     pending = [j for j in jobs if j.result.get('pending')]  # --report: not finished yet, so not in the table

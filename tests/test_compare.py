@@ -170,6 +170,8 @@ def test_every_protocol_arm_is_a_valid_train_command():
     long = compare.PROTOCOLS['offline-cifar10-long']
     assert {'lp', 'lora', 'lorvp', 'evp', 'ilm_vp', 'autovp', 'lotep_cp', 'lotep_tk', 'grouped_lorvp', 'deep_lorvp',
             'lorsp', 'lorsp_lpf'} <= set(long.arms) and long.seeds == (0, 1, 2)
+    assert parse(compare.train_argv(long.settings, ['--method', 'lp', *long.final_flags], 0, 'unused', 0)).val_split \
+        == 0.1  # the final runs hold out a validation split: the val-selected accuracy beside the final epoch's
     assert {k for k in compare.PROTOCOLS if k.startswith('ablation-')} >= {
         'ablation-lotep-rho', 'ablation-lotep-schedule', 'ablation-lotep-r0', 'ablation-grouped-g',
         'ablation-lorsp-nr', 'ablation-lorsp-tau', 'ablation-lorsp-sparsifier'}
