@@ -501,8 +501,7 @@ def main(argv=None):
                               extra)
             jobs.append(Job(f'[{name}] {arm} seed {seed}', argv, out, arm, seed))
     run_all(jobs, a.jobs, a.report)
-    pending = [j for j in jobs if j.result.get('pending')]  # --report: not finished yet, so not in the table
-    runs = [{**j.result, 'arm': j.arm, 'seed': j.seed} for j in jobs if j not in pending]
+    runs = [{**j.result, 'arm': j.arm, 'seed': j.seed} for j in jobs if not j.result.get('pending')]
     failed += [j for j in jobs if 'failed' in j.result]
     if previous is not None:  # merge: runs of other arms or seeds made with these settings stay in the table
         keep = {(r['arm'], r['seed']) for r in runs}
@@ -511,8 +510,8 @@ def main(argv=None):
         arms = list(dict.fromkeys(previous['arms'] + arms))
         seeds = sorted(set(previous['seeds']) | set(seeds))
     tune_wall = sum(t.get('wall_s', 0.0) for t in tuning.values())
-    have = {(r['arm'], r['seed']) for r in runs}
-    pending = [j for j in pending if (j.arm, j.seed) not in have]  # a merged table may hold it already
+    have = {(r['arm'], r['seed']) for r in runs}  # a merged table may hold a run --report found unfinished
+    pending = [j for j in jobs if j.result.get('pending') and (j.arm, j.seed) not in have]
     rows = rows_of(runs, arms)
     by_arm = {r['arm']: r for r in rows}
     claims = []

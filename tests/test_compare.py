@@ -1,5 +1,6 @@
 """compare.py runs arms x seeds through train.py, never destroys a table, names its failures, tunes on validation,
 computes paired statistics; cka.py measures linear CKA per block."""
+import dataclasses
 import fcntl
 import json
 import math
@@ -238,6 +239,8 @@ def test_cka_refuses_what_it_cannot_compare(tmp_path, capsys):
 
 def test_report_tables_the_finished_runs_and_starts_none(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    tiny = dataclasses.replace(compare.PROTOCOLS['offline-tiny'], final_flags=('--val-split', '0.25'))
+    monkeypatch.setitem(compare.PROTOCOLS, 'offline-tiny', tiny)  # final runs hold out validation, as the long one's
     argv = ['--protocol', 'offline-tiny', '--tag', 'r', '--methods', 'lp', '--seeds', '0', *TINY, '--tune-lr', '1']
     compare.main([*argv, '--report'])  # nothing has run: nothing starts, the table says so
     assert not (tmp_path / 'runs').exists()
@@ -248,6 +251,7 @@ def test_report_tables_the_finished_runs_and_starts_none(tmp_path, monkeypatch):
     saved = results(tmp_path, 'offline-tiny-r')
     md = (tmp_path / 'results' / 'offline-tiny-r.md').read_text()
     assert 'Incomplete' not in md and len(saved['runs']) == 1 and 'test_acc' in saved['runs'][0]
+    assert 'val_selected_test_acc' in saved['runs'][0]  # the protocol's final flags reached the final run
     # tuning time is counted once however often the table is rewritten
     tune_dir = tmp_path / 'runs' / 'offline-tiny-r' / 'tune'
     walls = [json.loads(p.read_text())['wall_s'] for p in tune_dir.glob('*.wall.json')]
