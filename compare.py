@@ -94,6 +94,9 @@ PROTOCOLS = {
                 ('lorsp', 'lorsp_topk', None, 'LoRSP over top-k sparsification (Table VI)'),
                 ('lorsp', 'lorsp_dropout', None, 'LoRSP over random dropout (Table VI)'),
                 ('lorvp', 'lp', None, 'LoR-VP over the linear probe (both papers\' tables)'),
+                ('lotep_cp', 'lp', None, 'LoTeP-CP over the linear probe (LoTeP\'s tables)'),
+                ('lotep_tk', 'lp', None, 'LoTeP-TK over the linear probe (LoTeP\'s tables)'),
+                ('lorsp', 'lp', None, 'LoRSP over the linear probe (LoRSP\'s tables)'),
                 ('lotep_cp', 'lotep_cp-constant', None, 'LoTeP\'s cosine rank decay over a constant rank (Fig. 4c)'))),
     'offline-tiny': Protocol(
         'Lite0, Tiny-ImageNet subset 100/class, 64 px, 2 epochs, fp32; lr tuned on validation (x0.03, x0.1, x1)',
@@ -364,6 +367,7 @@ def mean_sd(values):
 
 def table(name, protocol, settings, seeds, rows, tuning, claims, wall_s, tune_wall_s, changes, note=''):
     changed = f' **Changed for this table**: {"; ".join(changes)}.' if changes else ''
+    val = any(r['val_selected'] for r in rows)  # the runs held out a validation split: its selection beside the final
     lines = [f'# {name}', '', protocol.about + '.' + changed, *([note] if note else []), '',
              f'Settings: {json.dumps(shown(settings))}; seeds {seeds}.',
              f'Machine: {platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}' +
@@ -372,16 +376,19 @@ def table(name, protocol, settings, seeds, rows, tuning, claims, wall_s, tune_wa
              (f' (and {tune_wall_s / 60:.1f} min of tuning before them)' if tuning else '') + '.', '',
              'Accuracy: the final epoch on the test images (no selection on test). Speed columns come from the first '
              'seed\'s run: its training step and inference latency against the bare frozen backbone (forward + '
-             'backward to the input / forward), best of the repetitions.', '',
-             '| arm | test acc % (mean ± std, n) | trainable params | train time s | train img/s | latency ms/img '
-             '| step / bare | latency / bare |' + (' tuned on validation |' if tuning else ''),
-             '|' + '---|' * (9 if tuning else 8)]
+             'backward to the input / forward), best of the repetitions.' +
+             (' Val-selected: the test accuracy of the epoch best on the held-out validation images.' if val else ''),
+             '', '| arm | test acc % (mean ± std, n) |' + (' val-selected test acc % |' if val else '') +
+             ' trainable params | train time s | train img/s | latency ms/img | step / bare | latency / bare |' +
+             (' tuned on validation |' if tuning else ''),
+             '|' + '---|' * (8 + bool(val) + bool(tuning))]
     for r in rows:
         s = r['speed']
-        cells = [r['arm'], mean_sd(r['accs'].values()) + (f', {len(r["failed"])} failed' if r['failed'] else ''),
-                 fmt_params(r['params']) if r['params'] else '-',
-                 f'{statistics.mean(r["times"]):.0f}' if r['times'] else '-',
-                 f'{statistics.mean(r["rates"]):.1f}' if r['rates'] else '-']
+        cells = [r['arm'], mean_sd(r['accs'].values()) + (f', {len(r["failed"])} failed' if r['failed'] else '')]
+        cells += [mean_sd(r['val_selected'].values())] if val else []
+        cells += [fmt_params(r['params']) if r['params'] else '-',
+                  f'{statistics.mean(r["times"]):.0f}' if r['times'] else '-',
+                  f'{statistics.mean(r["rates"]):.1f}' if r['rates'] else '-']
         cells += [f'{s["latency_ms"]:.2f}', f'{s["step_ratio"]:.3f}', f'{s["latency_ratio"]:.3f}'] if s else ['-'] * 3
         if tuning:
             cells.append(tuning.get(r['arm'], {}).get('chosen') or '-')
@@ -405,6 +412,7 @@ def figures(name, rows):
     """Accuracy (mean ± std over seeds) against trainable parameters (log scale) and against training time."""
     from figures import pyplot
     plt = pyplot()
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     done = [r for r in rows if r['accs']]
     paths = []
     markers = 'osD^vP*Xph<>H8d'  # one marker (and colour) per method, named in the legend: labels on the points overlap
@@ -417,6 +425,10 @@ def figures(name, rows):
                         fmt=markers[i % len(markers)], color=f'C{i % 10}', capsize=3, label=r['arm'])
         ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0), frameon=False)
         ax.set_xscale('log' if log else 'linear')
+        if log:  # ticks at 1, 2, 5 x 10^k, labelled as the table's counts (matplotlib's minor labels overlap)
+            ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: fmt_params(x)))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel('test accuracy % (mean ± std)')
         ax.set_title(name, fontsize=9)
