@@ -199,14 +199,13 @@ def test_the_table_puts_the_val_selected_accuracy_beside_the_final_one():
     run = dict(trainable_params=10, train_time_s=1.0, train_images_per_s=1.0)
     runs = [dict(run, arm='a', seed=0, test_acc=80.0, val_selected_test_acc=78.0),
             dict(run, arm='a', seed=1, test_acc=82.0, val_selected_test_acc=81.0)]
-    rows = compare.rows_of(runs, ['a'])
-    md = compare.table('n', compare.PROTOCOLS['offline-tiny'], {}, [0, 1], rows, {}, [], 1.0, 0.0, [])
-    row = next(line for line in md.splitlines() if line.startswith('| a |')).split(' | ')
+    md_of = lambda runs: compare.table('n', compare.PROTOCOLS['offline-tiny'], {}, [0, 1],
+                                       compare.rows_of(runs, ['a']), {}, [], 1.0, 0.0, [])
+    row = next(line for line in md_of(runs).splitlines() if line.startswith('| a |')).split(' | ')
     sd = lambda x, y: math.sqrt(((x - y) / 2) ** 2 * 2)  # sample std of two numbers
     assert row[1:3] == [f'81.00 ± {sd(80, 82):.2f} (2)', f'79.50 ± {sd(78, 81):.2f} (2)']
     runs = [{k: v for k, v in r.items() if k != 'val_selected_test_acc'} for r in runs]  # no validation split
-    assert 'val-selected' not in compare.table('n', compare.PROTOCOLS['offline-tiny'], {}, [0, 1],
-                                               compare.rows_of(runs, ['a']), {}, [], 1.0, 0.0, [])
+    assert 'val-selected' not in md_of(runs)
 
 
 def test_linear_cka_properties():
