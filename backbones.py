@@ -275,18 +275,27 @@ class Adapted(nn.Module):
     attached: modules that act inside the backbone's forward (deep prompts on block inputs via hooks); they are kept
               here so that their parameters belong to the model (optimizer, state_dict).
     The backbone is frozen and kept in eval mode (BN statistics, dropout) unless train_backbone (full fine-tuning).
+    channels_last: the backbone's weights and its input in channels-last memory order (a speed step: the same maths,
+    faster convolutions); the prompt sees the image as it comes.
     """
 
-    def __init__(self, *, backbone, normalize, head, prompt=None, attached=(), train_backbone=False):
+    def __init__(self, *, backbone, normalize, head, prompt=None, attached=(), train_backbone=False,
+                 channels_last=False):
         super().__init__()
         self.backbone, self.normalize, self.head = backbone, normalize, head
         self.prompt = prompt if prompt is not None else nn.Identity()
         self.attached = nn.ModuleList(attached)
         self.train_backbone = train_backbone  # full fine-tuning: the backbone trains in train mode
+        self.channels_last = channels_last
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
         self.train(False)
 
     def features(self, x):  # (B, 3, S, S) -> (B, feature_dim): pooled features, or the source logits
-        return self.backbone(self.normalize(self.prompt(x)))
+        x = self.normalize(self.prompt(x))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(x)
 
     def forward(self, x):  # (B, 3, S, S) -> (B, K)
         return self.head(self.features(x))

@@ -108,39 +108,56 @@ def greedy_mapping(counts: torch.Tensor, k: int = 1) -> torch.Tensor:
 class SourceLabelMap(nn.Module):
     """Target logit j = mean of the source logits of its k mapped source classes; no parameters.
 
+    The mapping comes from counts of the frozen backbone's source predictions (prompt included) per target class over
+    the training set. rule='greedy': one-to-one, by greedy_mapping (ILM-VP, FLM, AutoVP FreqMap / IterMap).
+    rule='mode': each target class takes its images' most frequent source prediction, not one-to-one (EVP's mapping
+    for a non-CLIP backbone; k = 1).
     interval=None: computed once, before the first epoch, with the initial prompt (FLM; EVP's pre-pass).
-    interval=1: recomputed at the start of every epoch with the current prompt (ILM-VP); k epochs: AutoVP IterMap."""
+    interval=1: recomputed at the start of every epoch with the current prompt (ILM-VP); k epochs: AutoVP IterMap.
+    The training loop calls count_sources, sums the counts over its processes, and hands them to set_mapping."""
 
-    def __init__(self, *, num_classes: int, num_source: int = 1000, k: int = 1, interval: int | None = 1):
+    def __init__(self, *, num_classes: int, num_source: int = 1000, k: int = 1, interval: int | None = 1,
+                 rule: str = 'greedy'):
         super().__init__()
         if k < 1 or (interval is not None and interval < 1):
             raise ValueError(f'map_k and map_interval must be >= 1, got {k} and {interval}')
         if num_classes * k > num_source:
             raise ValueError(f'{num_classes} target classes x map_k {k} source classes each need {num_classes * k} '
                              f'source classes; the backbone has {num_source}')
-        self.num_classes, self.num_source, self.k, self.interval = num_classes, num_source, k, interval
+        if rule not in ('greedy', 'mode') or (rule == 'mode' and k != 1):
+            raise ValueError(f"rule must be 'greedy', or 'mode' with k = 1; got {rule!r} with k = {k}")
+        self.num_classes, self.num_source, self.k, self.interval, self.rule = num_classes, num_source, k, interval, rule
         self.register_buffer('mapping', torch.arange(num_classes * k).view(num_classes, k))  # (C, k)
         self.register_buffer('computed', torch.tensor(False))
 
     def forward(self, source_logits):  # (B, S) -> (B, C)
         return source_logits[:, self.mapping].mean(-1)
 
+    def due(self, epoch) -> bool:
+        """Whether the mapping is (re)computed before this epoch."""
+        return not bool(self.computed) or (self.interval is not None and epoch % self.interval == 0)
+
     @torch.no_grad()
-    def on_epoch_start(self, model, loader, epoch):
-        if bool(self.computed) and (self.interval is None or epoch % self.interval):
-            return
+    def count_sources(self, model, batches) -> torch.Tensor:
+        """(S, C) counts: how often the model's frozen backbone predicts source class s for an image of class c."""
         was_training = model.training
         model.eval()
-        counts = torch.zeros(self.num_source, self.num_classes)
-        for x, y in loader:
-            x = x.to(self.mapping.device)
-            pred = model.features(x).argmax(1).cpu()  # the frozen backbone's source prediction, prompt included
-            counts.index_put_((pred, y), torch.ones(len(y)), accumulate=True)
-        if torch.distributed.is_initialized():  # torchrun: each process counted its share of the training set
-            torch.distributed.all_reduce(counts)
-        self.mapping.copy_(greedy_mapping(counts, self.k))
-        self.computed.fill_(True)
+        device = self.mapping.device
+        counts = torch.zeros(self.num_source, self.num_classes, device=device)
+        for x, y in batches:
+            pred = model.features(x.to(device)).argmax(1)  # the source prediction, prompt included: (B,)
+            y = y.to(device)
+            counts.index_put_((pred, y), torch.ones(len(y), device=device), accumulate=True)
         model.train(was_training)
+        return counts
+
+    @torch.no_grad()
+    def set_mapping(self, counts: torch.Tensor):
+        if self.rule == 'greedy':
+            self.mapping.copy_(greedy_mapping(counts.cpu(), self.k))
+        else:  # the mode: argmax over the sources of each target's column, ties to the lowest index
+            self.mapping.copy_(counts.argmax(0).view(-1, 1))
+        self.computed.fill_(True)
 
 
 # ---- EVP's update rule ----
@@ -162,11 +179,8 @@ class EVPUpdate(torch.optim.Optimizer):
             for p in group['params']:
                 if p.grad is None:
                     continue
-                if group['normalized']:
-                    canvas_grad = self.prompt.canvas_grad
-                    if torch.distributed.is_initialized():  # the global batch's canvas gradient (train.py sums grads)
-                        torch.distributed.all_reduce(canvas_grad)
-                    p.sub_(p.grad / (canvas_grad.norm() + 1e-12), alpha=group['lr'])
+                if group['normalized']:  # canvas_grad: the global batch's (train.py averages it over processes)
+                    p.sub_(p.grad / (self.prompt.canvas_grad.norm() + 1e-12), alpha=group['lr'])
                     continue
                 d_p = p.grad.add(p, alpha=group['weight_decay'])
                 buf = self.state[p].get('momentum_buffer')

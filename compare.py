@@ -27,110 +27,21 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+import bench
+import results
 import train
-from data import SHARED_DATA
 from flags import NONNEG_INT, POS, POS_INT, parse
 from methods import METHODS
+from protocols import AUTOVP_SEARCH, PROTOCOLS
 from rundir import RunDir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-# ---- the protocols, in one place ----
-
-@dataclass(frozen=True)
-class Protocol:
-    about: str
-    settings: dict  # train.py flags of every run (--key: value)
-    arms: dict  # arm name -> its train.py flags (the method, and any flags of its own)
-    seeds: tuple
-    tune: dict = field(default_factory=dict)  # the grid tried on a validation split at seed 0: 'lr' multipliers,
-    # 'init' multipliers of the method's init std, or 'init_std' values; 'epochs' of the tuning runs if fewer
-    tuned_arms: tuple = None  # the arms tuned (default: all)
-    tuned_like: dict = field(default_factory=dict)  # an ablation arm -> the arm whose tuned flags it takes
-    claims: tuple = ()  # (arm a, arm b, the paper's claimed gain of a over b or None, what the paper says)
-    final_flags: tuple = ()  # flags of the final runs only (a validation split for the val-selected accuracy)
-
-
-def methods(*names):
-    return {m: ['--method', m] for m in names}
-
-
-def sweep(method, flag, values, label=None):
-    return {f'{method} {label or flag.lstrip("-")}={v}': ['--method', method, flag, str(v)] for v in values}
-
-
-CIFAR = dict(model='tf_efficientnet_lite0', dataset='cifar10', data_dir=SHARED_DATA)
-SHORT = dict(**CIFAR, train_per_class=200, test_limit=2000, img_size=96, epochs=6, batch_size=32, precision='bf16')
-LONG_ARMS = ['lp', 'lora', 'lorvp', 'evp', 'ilm_vp', 'autovp', 'lotep_cp', 'lotep_tk', 'grouped_lorvp', 'deep_lorvp',
-             'lorsp', 'lorsp_lpf']
-PROTOCOLS = {
-    'offline-cifar10': Protocol(
-        'Lite0, CIFAR-10 500/class, 128 px, 2 epochs, fp32: each method\'s recipe, its lr untuned; the deep '
-        'prompts\' init std selected on validation (one grid, 1-epoch runs)',
-        dict(**CIFAR, train_per_class=500, test_limit=2000, img_size=128, epochs=2, batch_size=32, precision='fp32'),
-        methods('lp', 'ft', 'lora', 'lorvp', 'ilm_vp', 'autovp', 'evp', 'lotep_cp', 'lotep_tk', 'grouped_lorvp',
-                'deep_lorvp', 'lorsp', 'lorsp_lpf'), (0, 1, 2),
-        tune={'init_std': (1.0, 0.3, 0.1, 0.01), 'epochs': 1},  # the deep prompts' init: one grid, one budget
-        tuned_arms=('lotep_cp', 'lotep_tk', 'grouped_lorvp', 'deep_lorvp')),
-    'offline-cifar10-long': Protocol(
-        'Lite0, CIFAR-10 200/class, 96 px, 8 epochs, bf16; lr x init scale tuned per method on a validation split '
-        '(3-epoch runs, the same budget for every method); the ablation arms (top-k, dropout, constant rank) take the '
-        'choice of the method they ablate; the final runs hold out 10% too, for the val-selected accuracy',
-        dict(**CIFAR, train_per_class=200, test_limit=2000, img_size=96, epochs=8, batch_size=32, precision='bf16'),
-        {**methods(*LONG_ARMS, 'lorsp_topk', 'lorsp_dropout'),
-         'lotep_cp-constant': ['--method', 'lotep_cp', '--schedule', 'constant']}, (0, 1, 2),
-        tune={'lr': (0.3, 1, 3), 'init': (0.3, 1, 3), 'epochs': 3}, tuned_arms=tuple(LONG_ARMS),
-        final_flags=('--val-split', '0.1'),
-        tuned_like={'lorsp_topk': 'lorsp', 'lorsp_dropout': 'lorsp', 'lotep_cp-constant': 'lotep_cp'},
-        claims=(('lotep_cp', 'lorvp', 2.5, 'LoTeP: +2.5 over LoR-VP on average'),
-                ('lotep_tk', 'lorvp', 2.5, 'LoTeP: +2.5 over LoR-VP on average'),
-                ('lorsp', 'lorvp', 1.24, 'LoRSP: +1.24 over LoR-VP (Table III average)'),
-                ('lorsp', 'lorsp_lpf', None, 'LoRSP over its LPF ablation (Table V)'),
-                ('lorsp', 'lorsp_topk', None, 'LoRSP over top-k sparsification (Table VI)'),
-                ('lorsp', 'lorsp_dropout', None, 'LoRSP over random dropout (Table VI)'),
-                ('lorvp', 'lp', None, 'LoR-VP over the linear probe (both papers\' tables)'),
-                ('lotep_cp', 'lp', None, 'LoTeP-CP over the linear probe (LoTeP\'s tables)'),
-                ('lotep_tk', 'lp', None, 'LoTeP-TK over the linear probe (LoTeP\'s tables)'),
-                ('lorsp', 'lp', None, 'LoRSP over the linear probe (LoRSP\'s tables)'),
-                ('lotep_cp', 'lotep_cp-constant', None, 'LoTeP\'s cosine rank decay over a constant rank (Fig. 4c)'))),
-    'offline-tiny': Protocol(
-        'Lite0, Tiny-ImageNet subset 100/class, 64 px, 2 epochs, fp32; lr tuned on validation (x0.03, x0.1, x1)',
-        dict(model='tf_efficientnet_lite0', dataset='tiny-imagenet', data_dir=SHARED_DATA, train_per_class=100,
-             img_size=64, epochs=2, batch_size=32, precision='fp32'),
-        methods('lp', 'lorvp', 'lotep_cp', 'lotep_tk', 'lorsp'), (0,), tune={'lr': (0.03, 0.1, 1)}),
-    'paper': Protocol(
-        'Tables 1-2 of both papers: ViT-B/16, 224 px, 20 epochs, batch 256 (a GPU and network)',
-        dict(model='vit_base_patch16_224', dataset='tiny-imagenet', data_dir='data', img_size=224, epochs=20,
-             batch_size=256), methods('lp', 'lorvp', 'lotep_cp', 'lotep_tk', 'lorsp'), (0,)),
-    'ablation-lotep-rho': Protocol('LoTeP Fig. 4b: the prompting depth ratio rho (LoTeP-TK)', SHORT,
-                                   sweep('lotep_tk', '--rho', (0.25, 0.5, 0.75, 1.0)), (0,)),
-    'ablation-lotep-schedule': Protocol(
-        'LoTeP Fig. 4c: constant, linear and cosine rank schedules', SHORT,
-        {**sweep('lotep_cp', '--schedule', ('constant', 'linear', 'cosine')),
-         **sweep('lotep_tk', '--schedule', ('constant', 'linear', 'cosine'))}, (0,)),
-    'ablation-lotep-r0': Protocol('LoTeP Fig. 4a (right): the initial rank r0 (LoTeP-CP)', SHORT,
-                                  sweep('lotep_cp', '--rank', (1, 2, 4, 6, 8), 'r0'), (0,)),
-    'ablation-grouped-g': Protocol(
-        'Grouped VP (Fig. 2): g channel groups, from one shared map to g = C (deep LoR-VP)', SHORT,
-        {**sweep('grouped_lorvp', '--groups', (1, 2, 4, 8, 16), 'g'), 'deep_lorvp (g=C)': ['--method', 'deep_lorvp']},
-        (0,)),
-    'ablation-lorsp-nr': Protocol(
-        'LoRSP Fig. 3a: factors n at r = 4, rank r at n = 4 (parameters L r (c + n))', SHORT,
-        {**{f'lorsp n={n}': ['--method', 'lorsp', '--factors', str(n)] for n in (1, 2, 4, 8)},
-         **{f'lorsp r={r}': ['--method', 'lorsp', '--rank', str(r)] for r in (1, 2, 8)}}, (0,)),
-    'ablation-lorsp-tau': Protocol('LoRSP Fig. 4: the leak factor tau', SHORT,
-                                   sweep('lorsp', '--tau', (1.5, 2.0, 4.0, 8.0)), (0,)),
-    'ablation-lorsp-sparsifier': Protocol(
-        'LoRSP Table VI: LIF against LPF, top-k and dropout at equal parameters', SHORT,
-        {**methods('lorsp', 'lorsp_lpf'), **sweep('lorsp_topk', '--sparsity', (0.2, 0.5, 0.8)),
-         **sweep('lorsp_dropout', '--sparsity', (0.2, 0.5, 0.8))}, (0,)),
-}
-AUTOVP_SEARCH = {'label_map': ('fm', 'freq', 'iter'), 'image_scale': (128 / 224, 160 / 224, 192 / 224)}
 FLAGS = ('model', 'dataset', 'data_dir', 'train_per_class', 'test_limit', 'img_size', 'epochs', 'batch_size',
          'precision')
 
@@ -239,23 +150,27 @@ def run_all(jobs, n, report=False):
 # ---- tuning on a validation split: the same grid for every arm ----
 
 def grid(arm_flags, tune, settings):
-    """The configurations tried for an arm (name -> flags): lr multipliers x init scales (multipliers of the method's
-    init std, or values; only where the method has a random prompt factor); AutoVP: its own search space, label
-    mapping x image scale, as AutoVP searches. Also the flags every tuning run adds (fewer epochs)."""
+    """The configurations tried for an arm: name -> (its flags, its point on the axes): lr multipliers x init scales
+    (multipliers of the method's init std, or values; only where the method has a random prompt factor); AutoVP: its
+    own search space, label mapping x image scale, as AutoVP searches. Also the flags every tuning run adds (a
+    validation split, no test image, fewer epochs if the protocol says so)."""
     method = arm_flags[arm_flags.index('--method') + 1]
-    extra = ['--epochs', str(tune['epochs'])] if 'epochs' in tune else []
+    extra = ['--val-split', '0.1', '--no-test'] + (['--epochs', str(tune['epochs'])] if 'epochs' in tune else [])
     if method == 'autovp':
-        return {f'{lm} scale={s:.3f}': ['--label-map', lm, '--image-scale', f'{s:.6g}']
+        return {f'{lm} scale={s:.3f}': (['--label-map', lm, '--image-scale', f'{s:.6g}'], {})
                 for lm in AUTOVP_SEARCH['label_map'] for s in AUTOVP_SEARCH['image_scale']}, extra
     init = default_init(arm_flags, settings) if 'init' in tune or 'init_std' in tune else None
-    inits = [(None, None)] if init is None else [(f'init x{k:g}', init * k) for k in tune['init']] if 'init' in tune \
-        else [(f'init {v:g}', v) for v in tune['init_std']]
+    inits = [(None, {})] if init is None else \
+        [(f'init x{k:g}', {'init': k}) for k in sorted(tune['init'])] if 'init' in tune else \
+        [(f'init {v:g}', {'init_std': v}) for v in tune['init_std']]
     configs = {}
-    for lr in tune.get('lr', (None,)):
-        for label, std in inits:
+    for lr in sorted(tune['lr']) if 'lr' in tune else (None,):
+        for label, point in inits:
             name = ' '.join(x for x in (f'lr x{lr:g}' if lr is not None else None, label) if x) or 'the defaults'
-            configs[name] = (['--lr-scale', f'{lr:g}'] if lr is not None else []) + \
-                (['--init-std', f'{std:.6g}'] if std is not None else [])
+            std = init * point['init'] if 'init' in point else point.get('init_std')
+            configs[name] = ((['--lr-scale', f'{lr:g}'] if lr is not None else []) +
+                             (['--init-std', f'{std:.6g}'] if std is not None else []),
+                             {**point, **({'lr': lr} if lr is not None else {})})
     return configs, extra
 
 
@@ -265,38 +180,66 @@ def default_init(arm_flags, settings):
     return train.resolve(parse([*argv, '--no-pretrained', '--device', 'cpu'])).init_std
 
 
-def tune_arms(name, arm_flags, tune, settings, extra, runs_dir, jobs_n, report=False):
-    """arm -> {chosen configuration, its flags, every configuration's val acc (or 'diverged'), the runs' wall time},
-    chosen on validation accuracy only (ties: the lower final training loss); and the failed tuning runs. With report,
-    an arm whose grid is not finished gets the best so far, marked."""
-    jobs = {}
-    for arm, flags_of_arm in arm_flags.items():
-        configs, shorter = grid(flags_of_arm, tune, settings)
-        for config, flags in configs.items():
-            out = os.path.join(runs_dir, 'tune', f'{arm}-{config}'.replace(' ', '_').replace('=', ''))
-            argv = train_argv(settings, flags_of_arm + flags + shorter + ['--val-split', '0.1'], 0, out, 0, extra)
-            jobs[arm, config] = (Job(f'[tune {name}] {arm} {config}', argv, out), flags)
-    run_all([j for j, _ in jobs.values()], jobs_n, report)
-    tuning = {}
-    for arm in arm_flags:
-        mine = {c: j for (a, c), (j, _) in jobs.items() if a == arm}
-        tried = {c: j.result['val_acc'] if 'val_acc' in j.result else 'diverged' if j.result.get('diverged')
-                 else 'pending' if j.result.get('pending') else 'failed' for c, j in mine.items()}
-        ok = {c: v for c, v in tried.items() if isinstance(v, float)}
-        best = max(ok, key=lambda c: (ok[c], -mine[c].result['train_loss'])) if ok else None
-        unfinished = 'pending' in tried.values()
-        tuning[arm] = dict(chosen=f'{best} so far' if unfinished and best else best,
-                           flags=jobs[arm, best][1] if best else [], tried=tried,
-                           wall_s=sum(j.result.get('wall_s') or 0.0 for j in mine.values()))
-        print(f'[tune {name}] {arm}: ' + ', '.join(f'{c} {v}' for c, v in tried.items()) + f' -> {best}', flush=True)
-    return tuning, [j for j, _ in jobs.values() if 'failed' in j.result]
+def edges(tuning, tune, extend):
+    """The axes to extend: [(axis, new value, the arms whose choice lies on that edge)]. An edge can be extended when
+    the protocol's progression for the axis has a value beyond it."""
+    grow = []
+    for axis, progression in extend.items():
+        values = sorted(tune.get(axis, ()))
+        if not values:
+            continue
+        for edge, beyond in ((values[0], [v for v in progression if v < values[0]][-1:]),
+                             (values[-1], [v for v in progression if v > values[-1]][:1])):
+            arms = [arm for arm, t in tuning.items() if t.get('point', {}).get(axis) == edge]
+            if arms and beyond:
+                grow.append((axis, beyond[0], arms))
+    return grow
 
 
-def train_argv(settings, arm_flags, seed, out, speed_reps, extra=()):
+def tune_arms(name, arm_flags, tune, extend, settings, extra, runs_dir, jobs_n, report=False):
+    """arm -> {chosen configuration, its flags and point, every configuration's val acc (or 'diverged'), the runs'
+    wall time}, chosen on the final epoch's validation accuracy (what the final runs report is the final epoch's; ties:
+    the lower final training loss); the failed tuning runs; and the axes extended (notes). With report, an arm whose
+    grid is not finished gets the best so far, marked, and no run starts."""
+    tune, notes = dict(tune), []
+    while True:
+        jobs = {}
+        for arm, flags_of_arm in arm_flags.items():
+            configs, added = grid(flags_of_arm, tune, settings)
+            for config, (flags, point) in configs.items():
+                out = os.path.join(runs_dir, 'tune', f'{arm}-{config}'.replace(' ', '_').replace('=', ''))
+                argv = train_argv(settings, flags_of_arm + flags + added, 0, out, extra)
+                jobs[arm, config] = (Job(f'[tune {name}] {arm} {config}', argv, out), flags, point)
+        run_all([j for j, _, _ in jobs.values()], jobs_n, report)
+        tuning = {}
+        for arm in arm_flags:
+            mine = {c: j for (a, c), (j, _, _) in jobs.items() if a == arm}
+            tried = {c: j.result['final_val_acc'] if 'final_val_acc' in j.result else
+                     'diverged' if j.result.get('diverged') else 'pending' if j.result.get('pending') else 'failed'
+                     for c, j in mine.items()}
+            ok = {c: v for c, v in tried.items() if isinstance(v, float)}
+            best = max(ok, key=lambda c: (ok[c], -mine[c].result['train_loss'])) if ok else None
+            unfinished = 'pending' in tried.values()
+            tuning[arm] = dict(chosen=f'{best} so far' if unfinished and best else best,
+                               flags=jobs[arm, best][1] if best else [], point=jobs[arm, best][2] if best else {},
+                               tried=tried, wall_s=sum(j.result.get('wall_s') or 0.0 for j in mine.values()))
+            print(f'[tune {name}] {arm}: ' + ', '.join(f'{c} {v}' for c, v in tried.items()) + f' -> {best}',
+                  flush=True)
+        grow = edges(tuning, tune, extend)
+        if not grow:
+            return tuning, [j for j, _, _ in jobs.values() if 'failed' in j.result], notes
+        for axis, value, arms in grow:  # report too: the configurations an extension adds are listed as pending
+            tune[axis] = tuple(sorted({*tune[axis], value}))
+            notes.append(f'{axis} axis extended to x{value:g} for every arm: {", ".join(arms)} chose its edge')
+            print(f'[tune {name}] {notes[-1]}', flush=True)
+
+
+def train_argv(settings, arm_flags, seed, out, extra=()):
     """train.py's arguments: the protocol's settings, then the arm's flags and --extra (of a repeated flag, argparse
     keeps the last: a tuning run's --epochs 1 overrides the protocol's)."""
-    argv = [f for key, value in settings.items() for f in (flag(key), str(value))]
-    return argv + list(arm_flags) + ['--seed', str(seed), '--out', out, '--speed-reps', str(speed_reps)] + list(extra)
+    argv = [f for key, value in settings.items() if value is not False
+            for f in ((flag(key),) if value is True else (flag(key), str(value)))]
+    return argv + list(arm_flags) + ['--seed', str(seed), '--out', out] + list(extra)
 
 
 # ---- statistics ----
@@ -321,16 +264,79 @@ def paired(a: dict, b: dict):
     return dict(n=len(diffs), mean=mean, sd=sd, low=mean - half, high=mean + half, diffs=diffs)
 
 
-def verdict(ci, claimed=None):
+def p_value(ci):
+    """Two-sided p of the paired t-test behind a confidence interval: P(|T| >= |t|), t = mean / (sd / sqrt(n)),
+    T Student's t with n - 1 degrees of freedom; None with fewer than two seeds."""
+    if ci is None:
+        return None
+    if ci['sd'] == 0:
+        return 0.0 if ci['mean'] != 0 else 1.0
+    return t_two_sided(ci['mean'] / (ci['sd'] / math.sqrt(ci['n'])), ci['n'] - 1)
+
+
+def t_two_sided(t, df):
+    """P(|T| >= |t|) for Student's t with an integer df, by the closed forms of Abramowitz & Stegun 26.7.3-4, with
+    theta = atan(|t| / sqrt(df)) and c = cos^2 theta:
+        df odd:  P(|T| < t) = (2 / pi) (theta + sin theta cos theta (1 + 2/3 c + 2 4 / (3 5) c^2 + ...)),
+                 (df - 1) / 2 terms in the series (none for df = 1)
+        df even: P(|T| < t) = sin theta (1 + 1/2 c + 1 3 / (2 4) c^2 + ...), df / 2 terms"""
+    theta = math.atan(abs(t) / math.sqrt(df))
+    c = math.cos(theta) ** 2
+    term, series = 1.0, 0.0
+    if df % 2:
+        for k in range((df - 1) // 2):  # odd: the series is empty for df = 1
+            series += term
+            term *= c * (2 * k + 2) / (2 * k + 3)
+        inside = 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * series)
+    else:
+        for k in range(df // 2):
+            series += term
+            term *= c * (2 * k + 1) / (2 * k + 2)
+        inside = math.sin(theta) * series
+    return max(0.0, 1.0 - inside)
+
+
+def holm(ps):
+    """Holm's step-down correction of m p-values for testing them together: sorted ascending, the i-th smallest
+    (i = 1..m) becomes min(1, (m - i + 1) p_(i)), then the running maximum, so that the order is kept. None (an
+    untestable claim) is left out of the family and stays None."""
+    tested = sorted((p, i) for i, p in enumerate(ps) if p is not None)
+    adjusted, running = [None] * len(ps), 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def verdict(ci, claimed=None, p=None):
+    """holds / the opposite order / cannot tell: from the 95% CI (does it exclude 0?), or, given p (a corrected
+    p-value), from p < 0.05 in the direction of the mean."""
     if ci is None:
         return 'cannot tell: fewer than two seeds'
     inside = claimed is not None and ci['low'] <= claimed <= ci['high']
     size = '' if claimed is None else f'; the claimed +{claimed:g} is {"inside" if inside else "outside"} the interval'
-    if ci['low'] > 0:
+    significant = (ci['low'] > 0 or ci['high'] < 0) if p is None else p < 0.05
+    if significant and ci['mean'] > 0:
         return 'holds' + size
-    if ci['high'] < 0:
+    if significant:
         return 'does not hold: the opposite order' + size
     return 'cannot tell at this scale' + size
+
+
+def test_claims(protocol, by_arm):
+    """Every claim of the protocol whose two arms have runs: the paired CI, raw and Holm-corrected verdicts, on the
+    final epoch's accuracy and on the val-selected one (each its own family of tests)."""
+    claims = [dict(a=a, b=b, paper=paper, claimed=claimed) for a, b, claimed, paper in protocol.claims
+              if a in by_arm and b in by_arm]
+    for key, suffix in (('accs', ''), ('val_selected', '_val_selected')):
+        cis = [paired(by_arm[c['a']][key], by_arm[c['b']][key]) for c in claims]
+        ps = [p_value(ci) for ci in cis]
+        for c, ci, p, p_holm in zip(claims, cis, ps, holm(ps)):
+            c.update({f'ci{suffix}': ci, f'p{suffix}': p, f'p_holm{suffix}': p_holm,
+                      f'verdict{suffix}': verdict(ci, c['claimed']),
+                      f'verdict_holm{suffix}': verdict(ci, c['claimed'], p_holm) if p_holm is not None else
+                      verdict(None)})
+    return claims
 
 
 # ---- tables and figures ----
@@ -353,8 +359,6 @@ def rows_of(runs, arms):
                                        if 'val_selected_test_acc' in r},
                          params=ok[0]['trainable_params'] if ok else None,
                          times=[r['train_time_s'] for r in ok], rates=[r['train_images_per_s'] for r in ok],
-                         speed={k: ok[0][k] for k in ('latency_ms', 'step_ratio', 'latency_ratio')} if ok and
-                         'latency_ms' in ok[0] else None,
                          failed=[r for r in mine if 'test_acc' not in r]))
     return rows
 
@@ -365,46 +369,60 @@ def mean_sd(values):
         f'{v[0]:.2f} (1)' if v else '-'
 
 
-def table(name, protocol, settings, seeds, rows, tuning, claims, wall_s, tune_wall_s, changes, note=''):
+def table(name, protocol, settings, seeds, rows, tuning, claims, wall_s, tune_wall_s, changes, *, bench=None,
+          notes=(), incomplete=''):
+    """The markdown table of a comparison: accuracy, cost (bench.py's interleaved speed and memory against the bare
+    backbone, measured once per arm and settings), tuning, claims."""
+    bench = bench or {}
     changed = f' **Changed for this table**: {"; ".join(changes)}.' if changes else ''
     val = any(r['val_selected'] for r in rows)  # the runs held out a validation split: its selection beside the final
-    lines = [f'# {name}', '', protocol.about + '.' + changed, *([note] if note else []), '',
+    lines = [f'# {name}', '', protocol.about + '.' + changed, *([incomplete] if incomplete else []), '',
              f'Settings: {json.dumps(shown(settings))}; seeds {seeds}.',
              f'Machine: {platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}' +
              (f', {torch.cuda.get_device_name()}' if torch.cuda.is_available() else '') +
              f'. Wall time of the runs: {wall_s / 60:.1f} min' +
              (f' (and {tune_wall_s / 60:.1f} min of tuning before them)' if tuning else '') + '.', '',
-             'Accuracy: the final epoch on the test images (no selection on test). Speed columns come from the first '
-             'seed\'s run: its training step and inference latency against the bare frozen backbone (forward + '
-             'backward to the input / forward), best of the repetitions.' +
-             (' Val-selected: the test accuracy of the epoch best on the held-out validation images.' if val else ''),
+             'Accuracy: the final epoch on the test images (no selection on test).' +
+             (' Val-selected: the test accuracy of the epoch best on the held-out validation images.' if val else '') +
+             ' Cost columns: `bench.py` on this arm\'s model with the protocol\'s settings (one batch of '
+             'min(batch, 32)), interleaved with the bare frozen backbone: training step (floor: forward + backward to '
+             'the input) and inference latency as ratios, the median of per-round ratios; memory of a training step '
+             '(weights, gradients, optimizer state and the activations saved for backward) against the floor\'s.',
              '', '| arm | test acc % (mean ± std, n) |' + (' val-selected test acc % |' if val else '') +
-             ' trainable params | train time s | train img/s | latency ms/img | step / bare | latency / bare |' +
-             (' tuned on validation |' if tuning else ''),
-             '|' + '---|' * (8 + bool(val) + bool(tuning))]
+             ' trainable params | train time s | train img/s | latency ms/img | step / bare | latency / bare |'
+             ' memory MB | memory / bare |' + (' tuned on validation |' if tuning else ''),
+             '|' + '---|' * (10 + bool(val) + bool(tuning))]
     for r in rows:
-        s = r['speed']
+        b = bench.get(r['arm'])
         cells = [r['arm'], mean_sd(r['accs'].values()) + (f', {len(r["failed"])} failed' if r['failed'] else '')]
         cells += [mean_sd(r['val_selected'].values())] if val else []
         cells += [fmt_params(r['params']) if r['params'] else '-',
                   f'{statistics.mean(r["times"]):.0f}' if r['times'] else '-',
                   f'{statistics.mean(r["rates"]):.1f}' if r['rates'] else '-']
-        cells += [f'{s["latency_ms"]:.2f}', f'{s["step_ratio"]:.3f}', f'{s["latency_ratio"]:.3f}'] if s else ['-'] * 3
+        cells += [f'{b["latency_ms"]:.2f}', f'{b["step_ratio"]:.3f}', f'{b["latency_ratio"]:.3f}',
+                  f'{b["memory_mb"]:.1f}', f'{b["memory_ratio"]:.3f}'] if b and 'error' not in b else ['-'] * 5
         if tuning:
             cells.append(tuning.get(r['arm'], {}).get('chosen') or '-')
         lines.append('| ' + ' | '.join(cells) + ' |')
     if tuning:
-        lines += ['', 'Tuning (seed 0, 10% of the training images held out; validation accuracy %, the best kept):', '']
+        lines += ['', 'Tuning (seed 0, 10% of the training images held out; the final epoch\'s validation '
+                      'accuracy %, the best kept):', '']
         lines += [f'- {arm}: ' + ', '.join(f'{c} {v:.2f}' if isinstance(v, float) else f'{c} {v}'
                                            for c, v in t['tried'].items()) + f' -> **{t["chosen"]}**'
                   for arm, t in tuning.items()]
+        lines += [f'- Grid: {note}.' for note in notes]
     if claims:
-        lines += ['', '| claim | paired difference a - b by seed, mean [95% CI] (n) | val-selected | verdict |',
-                  '|---|---|---|---|']
+        cell = lambda x: f'{x["mean"]:+.2f} [{x["low"]:+.2f}, {x["high"]:+.2f}] ({x["n"]})' if x else '-'
+        pv = lambda p: f' (p {p:.3f})' if p is not None else ''
+        lines += ['', f'Claims: paired differences a − b by seed with their 95% CI; verdicts raw, and with Holm\'s '
+                      f'correction across the {len(claims)} claims tested together (each accuracy its own family).',
+                  '', '| claim | final epoch: a − b [95% CI] (n) | verdict | Holm-corrected | '
+                      'val-selected: a − b | verdict | Holm-corrected |', '|---|---|---|---|---|---|---|']
         for c in claims:
-            ci, vs = c['ci'], c['ci_val_selected']
-            cell = lambda x: f'{x["mean"]:+.2f} [{x["low"]:+.2f}, {x["high"]:+.2f}] ({x["n"]})' if x else '-'
-            lines.append(f'| {c["a"]} over {c["b"]} ({c["paper"]}) | {cell(ci)} | {cell(vs)} | {c["verdict"]} |')
+            lines.append(f'| {c["a"]} over {c["b"]} ({c["paper"]}) | {cell(c["ci"])} | {c["verdict"]}{pv(c["p"])} | '
+                         f'{c["verdict_holm"]}{pv(c["p_holm"])} | {cell(c["ci_val_selected"])} | '
+                         f'{c["verdict_val_selected"]}{pv(c["p_val_selected"])} | '
+                         f'{c["verdict_holm_val_selected"]}{pv(c["p_holm_val_selected"])} |')
     return '\n'.join(lines) + '\n'
 
 
@@ -454,7 +472,7 @@ def main(argv=None):
     p.add_argument('--protocol', choices=sorted(PROTOCOLS))
     p.add_argument('--list', action='store_true', help='print every protocol and exit')
     p.add_argument('--methods', help='comma list of arms (default: the protocol\'s)')
-    p.add_argument('--seeds', help='comma list (default: the protocol\'s seeds)')
+    p.add_argument('--seeds', help='comma list for every arm (default: the protocol\'s seeds)')
     p.add_argument('--tag', help='names the results when settings are changed: results/<protocol>-<tag>.md')
     for key in FLAGS:
         p.add_argument(flag(key), dest=key, help=f'change the protocol\'s {flag(key)} (needs --tag)')
@@ -464,6 +482,8 @@ def main(argv=None):
     p.add_argument('--jobs', type=POS_INT, default=1, help='runs side by side (a GPU each; on a CPU the threads split)')
     p.add_argument('--runs-dir', help='default runs/<name>')
     p.add_argument('--report', action='store_true', help='start no run: write the table of the runs finished so far')
+    p.add_argument('--bench-reps', type=NONNEG_INT, default=10, help='rounds of bench.py for the cost columns, '
+                   'measured once per arm when every run of the comparison has finished (0: leave them out)')
     a = p.parse_args(argv)
     if a.list:
         for k, pr in PROTOCOLS.items():
@@ -471,6 +491,10 @@ def main(argv=None):
         return []
     if not a.protocol:
         p.error('--protocol is required (or --list)')
+    try:
+        results.check_tag(a.tag)
+    except results.ResultsError as e:
+        p.error(str(e))
     protocol = PROTOCOLS[a.protocol]
     settings = dict(protocol.settings)
     changed = {k: int(v) if v.isdigit() else v for k in FLAGS if (v := getattr(a, k)) is not None}
@@ -488,73 +512,86 @@ def main(argv=None):
                   if arm in wanted and (protocol.tuned_arms is None or arm in protocol.tuned_arms)}
     tune = {} if a.no_tune else {**protocol.tune, **({'lr': tuple(parse_list(a.tune_lr, POS, '--tune-lr'))}
                                                      if a.tune_lr else {})}
-    seeds = parse_list(a.seeds, NONNEG_INT, '--seeds') if a.seeds else list(protocol.seeds)
+    given_seeds = parse_list(a.seeds, NONNEG_INT, '--seeds') if a.seeds else None
+    arm_seeds = {arm: given_seeds or list(protocol.seeds_of(arm)) for arm in arms}
     name = a.protocol + (f'-{a.tag}' if a.tag else '')
     runs_dir = a.runs_dir or os.path.join('runs', name)
     extra = a.extra.split()
-    results_path = os.path.join('results', f'{name}.json')
-    previous = read_json(results_path)
-    if previous is not None and (previous.get('settings'), previous.get('extra', [])) != (shown(settings), extra):
-        raise SystemExit(f'error: {results_path} was made with other settings; give these runs their own --tag')
+    try:
+        same_settings(name, results.read(name), settings, extra)
+    except results.ResultsError as e:
+        raise SystemExit(f'error: {e}') from None
 
-    tuning, failed = {}, []
+    tuning, failed, notes = {}, [], []
     if tune:
-        tuning, failed = tune_arms(name, tuned_arms, tune, settings, extra, runs_dir, a.jobs, a.report)
+        tuning, failed, notes = tune_arms(name, tuned_arms, tune, protocol.extend if not a.tune_lr else {}, settings,
+                                          extra, runs_dir, a.jobs, a.report)
     for arm, like in protocol.tuned_like.items():  # an ablation keeps its method's hyper-parameters
         if arm in arms and like in tuning:
             tuning[arm] = dict(chosen=f'as {like}: {tuning[like]["chosen"]}', flags=tuning[like]['flags'], tried={})
+    final_argv = {arm: arm_flags[arm] + tuning.get(arm, {}).get('flags', []) + list(protocol.final_flags)
+                  for arm in arms}
     jobs = []
-    for seed in seeds:  # seed by seed: a comparison stopped half-way has every arm of its first seeds
-        for arm in arms:
-            tuned = tuning.get(arm, {}).get('flags', [])
-            out = os.path.join(runs_dir, f'{arm}-s{seed}'.replace(' ', '_').replace('=', ''))
-            speed_reps = 5 if seed == protocol.seeds[0] else 0  # one speed measurement per arm
-            argv = train_argv(settings, arm_flags[arm] + tuned + list(protocol.final_flags), seed, out, speed_reps,
-                              extra)
-            jobs.append(Job(f'[{name}] {arm} seed {seed}', argv, out, arm, seed))
+    for seed in sorted({s for ss in arm_seeds.values() for s in ss}):  # seed by seed: a comparison stopped half-way
+        for arm in arms:  # has every arm of its first seeds
+            if seed in arm_seeds[arm]:
+                out = os.path.join(runs_dir, f'{arm}-s{seed}'.replace(' ', '_').replace('=', ''))
+                jobs.append(Job(f'[{name}] {arm} seed {seed}', train_argv(settings, final_argv[arm], seed, out, extra),
+                                out, arm, seed))
     run_all(jobs, a.jobs, a.report)
     runs = [{**j.result, 'arm': j.arm, 'seed': j.seed} for j in jobs if not j.result.get('pending')]
     failed += [j for j in jobs if 'failed' in j.result]
-    if previous is not None:  # merge: runs of other arms or seeds made with these settings stay in the table
-        keep = {(r['arm'], r['seed']) for r in runs}
-        runs = [r for r in previous['runs'] if (r['arm'], r['seed']) not in keep] + runs
-        tuning = {**previous.get('tuning', {}), **tuning}
-        arms = list(dict.fromkeys(previous['arms'] + arms))
-        seeds = sorted(set(previous['seeds']) | set(seeds))
-    tune_wall = sum(t.get('wall_s', 0.0) for t in tuning.values())
-    have = {(r['arm'], r['seed']) for r in runs}  # a merged table may hold a run --report found unfinished
-    pending = [j for j in jobs if j.result.get('pending') and (j.arm, j.seed) not in have]
-    rows = rows_of(runs, arms)
-    by_arm = {r['arm']: r for r in rows}
-    claims = []
-    for a_, b_, claimed, paper in protocol.claims:
-        if a_ in by_arm and b_ in by_arm:
-            ci = paired(by_arm[a_]['accs'], by_arm[b_]['accs'])
-            ci_val = paired(by_arm[a_]['val_selected'], by_arm[b_]['val_selected'])
-            claims.append(dict(a=a_, b=b_, paper=paper, claimed=claimed, ci=ci, ci_val_selected=ci_val,
-                               verdict=verdict(ci, claimed)))
-    wall = sum(r.get('wall_s') or 0.0 for r in runs)  # every run in the table, merged ones included
-    os.makedirs('results', exist_ok=True)
-    changes = [f'{flag(k)} {v}' for k, v in changed.items()] + ([f'--extra {a.extra}'] if extra else []) + \
-        ([f'lr multipliers tuned: {a.tune_lr}'] if a.tune_lr else []) + (['no tuning'] if a.no_tune else [])
-    note = f'**Incomplete**: {len(pending)} of the {len(jobs)} runs are not finished; this table, written by ' \
-        f'--report, holds the others.' if pending else ''
-    md = table(name, protocol, settings, seeds, rows, tuning, claims, wall, tune_wall, changes, note)
-    with open(os.path.join('results', f'{name}.md'), 'w') as f:
-        f.write(md)
-    with open(results_path, 'w') as f:
-        json.dump(dict(protocol=a.protocol, name=name, changes=changes, settings=shown(settings), extra=extra,
-                       seeds=seeds, arms=arms, tuning=tuning, claims=claims, wall_s=wall, tune_wall_s=tune_wall,
-                       rows=rows, runs=runs),
-                  f, indent=1, allow_nan=False)
-    if any(r['accs'] for r in rows):
-        figures(name, rows)
+    pending = [j for j in jobs if j.result.get('pending')]
+    costs = {}
+    if a.bench_reps and not pending:  # measured once per arm, when no run of this comparison is still going
+        with results.locked(name):
+            known = (results.read(name) or {}).get('bench', {})
+        todo = {arm: train_argv(settings, final_argv[arm], 0, 'unused', extra) for arm in arms
+                if arm not in known and any(r['arm'] == arm and 'test_acc' in r for r in runs)}
+        if todo:
+            costs = bench.measure(todo, a.bench_reps)
+    with results.locked(name):  # merged with the table on disk now: another process may have written it meanwhile
+        previous = results.read(name)
+        same_settings(name, previous, settings, extra)
+        if previous is not None:  # runs of other arms or seeds made with these settings stay in the table
+            keep = {(r['arm'], r['seed']) for r in runs}
+            runs = [r for r in previous['runs'] if (r['arm'], r['seed']) not in keep] + runs
+            tuning = {**previous.get('tuning', {}), **tuning}
+            arms = list(dict.fromkeys(previous['arms'] + arms))
+            costs = {**previous.get('bench', {}), **costs}
+            notes = list(dict.fromkeys(previous.get('grid_notes', []) + notes))
+        seeds = sorted({r['seed'] for r in runs} | {j.seed for j in jobs})
+        tune_wall = sum(t.get('wall_s', 0.0) for t in tuning.values())
+        have = {(r['arm'], r['seed']) for r in runs}  # a merged table may hold a run --report found unfinished
+        pending = [j for j in pending if (j.arm, j.seed) not in have]
+        rows = rows_of(runs, arms)
+        claims = test_claims(protocol, {r['arm']: r for r in rows})
+        wall = sum(r.get('wall_s') or 0.0 for r in runs)  # every run in the table, merged ones included
+        changes = [f'{flag(k)} {v}' for k, v in changed.items()] + ([f'--extra {a.extra}'] if extra else []) + \
+            ([f'lr multipliers tuned: {a.tune_lr}'] if a.tune_lr else []) + (['no tuning'] if a.no_tune else [])
+        incomplete = f'**Incomplete**: {len(pending)} of the {len(jobs)} runs are not finished; this table, written ' \
+            f'by --report, holds the others.' if pending else ''
+        md = table(name, protocol, settings, seeds, rows, tuning, claims, wall, tune_wall, changes, bench=costs,
+                   notes=notes, incomplete=incomplete)
+        results.write(name, dict(protocol=a.protocol, name=name, changes=changes, settings=shown(settings),
+                                 extra=extra, seeds=seeds, arms=arms, tuning=tuning, grid_notes=notes, claims=claims,
+                                 wall_s=wall, tune_wall_s=tune_wall, bench=costs, rows=rows, runs=runs), md)
+        if any(r['accs'] for r in rows):
+            figures(name, rows)
     print(md)
     if failed:
         print('FAILED runs:\n' + '\n'.join(f'  {j.label}: {j.result["failed"]}; log {j.result["log"]}'
                                            for j in failed), file=sys.stderr)
         raise SystemExit(1)
     return rows
+
+
+def same_settings(name, previous, settings, extra):
+    """A table is merged only with one made with the same settings and --extra flags."""
+    if previous is not None:
+        results.check_settings(name, dict(previous, settings={**previous['settings'],
+                                                              'extra': previous.get('extra', [])}),
+                               {**shown(settings), 'extra': extra})
 
 
 if __name__ == '__main__':

@@ -1,17 +1,31 @@
-"""Several processes under torchrun, as data parallelism: the same result as one process with the same global batch.
+"""Several processes under torchrun, as data parallelism through PyTorch's DistributedDataParallel: the same result as
+one process with the same global batch.
 
     torchrun --nproc_per_node 2 train.py --method lorvp ...   # CPU (gloo) or GPUs (NCCL, one per process)
 
 Every process holds the whole model and sees its share of every global batch (every world-th image of the batch one
-process would draw with the same seed); each process's loss is its share of the global batch's mean, so the summed
-gradients are those of the one-process run. Evaluation: each process takes every world-th image, counts are summed.
-Only process 0 writes the run directory. BatchNorm in train mode (ft only) keeps per-process statistics.
+process would draw with the same seed). DDP averages the processes' gradients during backward (bucketed all-reduce,
+overlapped with it); train.py scales each process's share of the global batch's summed loss by the number of
+processes, so that the average is the gradient of the one-process run, the last partial batch weighted by its real
+size. Evaluation: each process takes every world-th image, counts are summed. Only process 0 writes the run directory.
+
+Every collective is legal on an NCCL group: the group has a backend for each device (gloo for CPU tensors, NCCL for
+CUDA tensors), and the training loop reduces on the run's device. What a method needs summed besides the gradients
+(label-mapping counts, EVP's canvas gradient) is reduced by train.py through reduce_(), never by the method's module.
+BatchNorm in train mode (ft only) keeps per-process statistics (broadcast_buffers=False: the frozen backbone's buffers
+are not sent at every step); process 0's are saved.
 """
 import math
 import os
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+
+def backend(cuda: bool) -> str:
+    """NCCL serves CUDA tensors only: a CUDA run gets gloo beside it for the CPU tensors of set-up."""
+    return 'cpu:gloo,cuda:nccl' if cuda else 'gloo'
 
 
 def init(device: str) -> str:
@@ -19,11 +33,13 @@ def init(device: str) -> str:
     if 'WORLD_SIZE' not in os.environ or dist.is_initialized():
         return device
     cuda = torch.cuda.is_available() and device != 'cpu'
-    dist.init_process_group('nccl' if cuda else 'gloo')
     if not cuda:
+        dist.init_process_group(backend(cuda=False))
         return device
-    torch.cuda.set_device(int(os.environ['LOCAL_RANK']))
-    return f'cuda:{os.environ["LOCAL_RANK"]}'
+    local = torch.device('cuda', int(os.environ['LOCAL_RANK']))
+    torch.cuda.set_device(local)
+    dist.init_process_group(backend(cuda=True), device_id=local)
+    return str(local)
 
 
 def world():
@@ -31,22 +47,28 @@ def world():
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def all_reduce(*values, device):
-    """Sums over the processes (a no-op in one process)."""
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+def reduce_(t: torch.Tensor, *, mean: bool = False) -> torch.Tensor:
+    """Sums (or averages, as DDP does the gradients) a tensor over the processes, in place; a no-op in one process."""
     if dist.is_initialized():
         dist.all_reduce(t)
-    return t.tolist()
+        if mean:
+            t /= dist.get_world_size()
+    return t
 
 
-def sum_gradients(model):
-    """After backward: every process holds the sum of all processes' gradients."""
+def all_reduce(*values, device):
+    """Sums numbers over the processes (a tensor on the run's device; a no-op in one process)."""
+    return reduce_(torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)).tolist()
+
+
+def data_parallel(module, device):
+    """The module that trains, wrapped in DDP when there are several processes (else the module itself).
+    find_unused_parameters and static_graph stay off: every trainable parameter gets a gradient at every step."""
     if not dist.is_initialized():
-        return
-    for p in model.parameters():
-        if p.requires_grad:
-            p.grad = p.grad if p.grad is not None else torch.zeros_like(p)
-            dist.all_reduce(p.grad)
+        return module
+    device = torch.device(device)
+    return DistributedDataParallel(module, device_ids=[device] if device.type == 'cuda' else None,
+                                   broadcast_buffers=False)
 
 
 def share(ds):

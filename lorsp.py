@@ -145,13 +145,13 @@ class LoRSP(nn.Module):
     # ---- diagnostics: spike rate of each time step and density of P_hat, accumulated in evaluation ----
 
     @torch.no_grad()
-    def _record(self, P_hat, spike_rate):
+    def _record(self, P_hat, spike_rate):  # sums kept on the device: no wait for the GPU per batch
         if self._stats is None:
-            self._stats = {'nonzero': 0.0, 'entries': 0, 'spikes': torch.zeros(self.n), 'images': 0}
-        self._stats['nonzero'] += float((P_hat != 0).sum())
+            self._stats = {'nonzero': 0, 'entries': 0, 'spikes': 0, 'images': 0}
+        self._stats['nonzero'] = self._stats['nonzero'] + (P_hat != 0).sum(dtype=torch.float64)
         self._stats['entries'] += P_hat.numel()
         if spike_rate is not None:
-            self._stats['spikes'] += spike_rate.float().cpu() * len(P_hat)
+            self._stats['spikes'] = self._stats['spikes'] + spike_rate.double() * len(P_hat)
             self._stats['images'] += len(P_hat)
 
     def pop_stats(self) -> dict:
@@ -160,9 +160,9 @@ class LoRSP(nn.Module):
         s, self._stats = self._stats, None
         if s is None:
             return {}
-        out = {'prompt_density': s['nonzero'] / max(s['entries'], 1)}
+        out = {'prompt_density': float(s['nonzero']) / max(s['entries'], 1)}
         if s['images']:
-            out['spike_rate'] = [round(float(v), 4) for v in s['spikes'] / s['images']]
+            out['spike_rate'] = [round(float(v), 4) for v in (s['spikes'] / s['images']).tolist()]
         return out
 
     @staticmethod

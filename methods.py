@@ -9,6 +9,7 @@ A builder takes the arguments and the options fixed on its row (functools.partia
 """
 import math
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
@@ -40,10 +41,11 @@ def assemble(a, K, *, prompt=None, deep=None, wrap=None, train_backbone=False):
         head = nn.Linear(feature_dim, K)
     else:
         k = a.map_k if a.label_map in ('freq', 'iter') else 1
-        interval = {'ilm': 1, 'iter': a.map_interval}.get(a.label_map)  # flm, freq: once, before training
-        head = baselines.SourceLabelMap(num_classes=K, num_source=feature_dim, k=k, interval=interval)
+        interval = {'ilm': 1, 'iter': a.map_interval}.get(a.label_map)  # flm, freq, mode: once, before training
+        head = baselines.SourceLabelMap(num_classes=K, num_source=feature_dim, k=k, interval=interval,
+                                        rule='mode' if a.label_map == 'mode' else 'greedy')
     model = Adapted(backbone=bb.requires_grad_(True) if train_backbone else bb, normalize=normalize, head=head,
-                    prompt=prompt, attached=attached, train_backbone=train_backbone)
+                    prompt=prompt, attached=attached, train_backbone=train_backbone, channels_last=a.channels_last)
     model.backbone_params, model.weights_loaded, model.weights_sha256 = backbone_params, weights, sha256
     return model
 
@@ -220,7 +222,24 @@ def build(a):
             from None
 
 
+def trainable_state(model):
+    """What a checkpoint and a prompt file hold: everything under full fine-tuning; else the trainable parameters and
+    the method's own buffers (label mappings), never the frozen backbone."""
+    if model.train_backbone:
+        return model.state_dict()
+    keep = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k in keep or not k.startswith('backbone.')}
+
+
 def load_state(model, state):
     """Loads a run's trainable state into a model made by build() (the frozen backbone is not in it)."""
     result = model.load_state_dict(state, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
+
+
+def autocast(a):
+    """The run's precision as a context: bf16 autocast on its device (the loss is computed in fp32 after it), or
+    fp32."""
+    if a.precision != 'bf16':
+        return nullcontext()
+    return torch.autocast('cuda' if a.device.startswith('cuda') else 'cpu', dtype=torch.bfloat16)

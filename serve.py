@@ -23,6 +23,8 @@ import torch.nn as nn
 
 import lotep
 from backbones import create, normalizer
+from flags import resolve, saved_args
+from methods import build, trainable_state
 
 FORMAT = 'visual-prompt/1'
 SHARE_NOTHING = {'ft': 'fine-tunes the backbone', 'lora': 'adapts the backbone\'s weights',
@@ -36,7 +38,6 @@ class PromptFileError(Exception):
 def save_prompt(model, a, path, *, classes, test_acc=None):
     """Writes the run's trained state that is not the frozen backbone, with what is needed to use it."""
     from safetensors.torch import save_file
-    from train import trainable_state
     state = {k: v.detach().to('cpu').contiguous() for k, v in trainable_state(model).items()}
     meta = dict(format=FORMAT, method=a.method, model=a.model, weights=model.weights_loaded, img_size=a.img_size,
                 classes=list(classes), mean=list(model.normalize.mean.flatten().tolist()),
@@ -68,8 +69,6 @@ def read_prompt(path):
 def load_task(path, *, device='cpu'):
     """The arguments, model and metadata of a prompt file: the backbone it names (its weights checked against the
     fingerprint), the method built with the run's arguments, the file's state loaded."""
-    from flags import resolve, saved_args
-    from methods import build
     state, meta = read_prompt(path)
     a = saved_args(meta['args'])
     a.device, a.resume, a.compile, a.save_prompts = device, False, False, 0

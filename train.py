@@ -14,7 +14,6 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -26,9 +25,9 @@ import baselines
 import data
 import distributed
 import lorsp
-from distributed import GlobalBatches, all_reduce, share, sum_gradients, world
+from distributed import GlobalBatches, all_reduce, share, world
 from flags import RESUMABLE, UsageError, given_flags, parse, resolve, saved_args
-from methods import BuildError, build, load_state
+from methods import BuildError, autocast, build, load_state, trainable_state
 from rundir import RunDir, RunDirError
 from serve import save_prompt
 
@@ -76,23 +75,18 @@ def loader(ds, a, *, seed=None):
     return DataLoader(ds, batch_size=a.batch_size, num_workers=a.workers, pin_memory=a.device.startswith('cuda'))
 
 
-def autocast(a):
-    if a.precision != 'bf16':
-        return nullcontext()
-    return torch.autocast('cuda' if a.device.startswith('cuda') else 'cpu', dtype=torch.bfloat16)
-
-
 @torch.no_grad()
 def evaluate(net, ds, a):
-    """Accuracy on a data set; under torchrun each process evaluates its share and every image counts once."""
+    """Accuracy on a data set; under torchrun each process evaluates its share and every image counts once. The
+    counts stay on the device until the end (no wait for the GPU per batch)."""
     net.eval()
-    correct = total = 0
+    counts = torch.zeros(2, dtype=torch.float64, device=a.device)  # correct, images
     for x, y in loader(share(ds), a):
         x, y = x.to(a.device, non_blocking=True), y.to(a.device, non_blocking=True)
         with autocast(a):
-            correct += int((net(x).argmax(1) == y).sum())
-        total += len(y)
-    correct, total = all_reduce(correct, total, device=a.device)
+            counts[0] += (net(x).argmax(1) == y).sum()
+        counts[1] += len(y)
+    correct, total = distributed.reduce_(counts).tolist()
     return 100.0 * correct / total
 
 
@@ -114,8 +108,19 @@ def cached_features(model, splits, a):
 
 def only_head_trains(model) -> bool:
     head = {id(p) for p in model.head.parameters()}
-    return all(id(p) in head for p in model.parameters() if p.requires_grad) and not any(
-        hasattr(m, 'on_epoch_start') for m in model.modules())
+    return all(id(p) in head for p in model.parameters() if p.requires_grad) and not label_maps(model)
+
+
+def label_maps(model):
+    return [m for m in model.modules() if isinstance(m, baselines.SourceLabelMap)]
+
+
+def update_label_maps(model, batches, epoch):
+    """ILM, FLM, FreqMap, EVP's mode: before an epoch where one is due, a pass over the training set (this process's
+    share of it), the counts summed over the processes."""
+    for m in label_maps(model):
+        if m.due(epoch):
+            m.set_mapping(distributed.reduce_(m.count_sources(model, batches)))
 
 
 def pop_stats(model):
@@ -126,21 +131,13 @@ def pop_stats(model):
     return stats
 
 
-def trainable_state(model):
-    """What a checkpoint holds: everything under full fine-tuning; else the trainable parameters and the method's
-    own buffers (label mappings), never the frozen backbone."""
-    if model.train_backbone:
-        return model.state_dict()
-    keep = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {k: v for k, v in model.state_dict().items() if k in keep or not k.startswith('backbone.')}
-
-
 class Progress:
     def __init__(self, total, label):
         self.total, self.label, self.t0, self.shown = total, label, time.time(), -1
         self.tty = sys.stderr.isatty()
 
     def update(self, i, images, loss, acc):
+        """At step i of the epoch (every READ_EVERY steps): a bar on a terminal, a line per quarter in a log."""
         rate = images / max(time.time() - self.t0, 1e-9)
         quarter = 4 * i // self.total
         if self.tty or quarter > self.shown or i == self.total:
@@ -152,7 +149,27 @@ class Progress:
 
 
 class Diverged(Exception):
-    """The training loss became NaN or infinite: the run stops, its last good checkpoint kept."""
+    """The training loss became NaN or infinite, or exploded: the run stops, its last good checkpoint kept."""
+
+
+READ_EVERY = 10  # steps between reads of the epoch's running loss from the device (each read waits for the GPU)
+EXPLODED = 10  # a window's mean loss above EXPLODED x ln K (chance level) stops the run as diverged
+
+
+def check_loss(window_loss, K, epoch, first, last):
+    """Stops a run whose training loss is not finite, or whose mean over steps first..last exceeds 10 ln K: a model
+    that gives the true class e^-23 of probability on average (K = 10), which no run that learns comes near (a fresh
+    head starts near ln K and falls). Healthy runs of every method stay far below it (README, When things go wrong)."""
+    where = f'at epoch {epoch + 1}, steps {first}-{last}'
+    if not math.isfinite(window_loss):
+        problem = f'the training loss became {window_loss} {where}'
+    elif window_loss > EXPLODED * math.log(K):
+        problem = (f'the training loss exploded to {window_loss:.4g} {where} (above {EXPLODED} x ln K = '
+                   f'{EXPLODED * math.log(K):.3g}; chance level is {math.log(K):.3g})')
+    else:
+        return
+    raise Diverged(f'{problem}; the run stopped and its last checkpoint (epoch {epoch}) is kept. Try a lower --lr '
+                   f'(or --lr-scale), or --precision fp32')
 
 
 def train(a, model, splits, run, ckpt=None):
@@ -171,17 +188,19 @@ def train(a, model, splits, run, ckpt=None):
         t0 = time.time()
         splits, net = cached_features(model, splits, a), model.head
         train_time += time.time() - t0
+    ddp = distributed.data_parallel(net, a.device)  # torchrun: DDP averages the gradients in backward
     steps_per_epoch = math.ceil(len(splits.train) / a.batch_size)
     total = a.epochs * steps_per_epoch
     for epoch in range(start, a.epochs):
         torch.manual_seed(a.seed * 100_003 + epoch)  # dropout masks etc.: the same with and without a resume
-        t0, loss_sum, correct, seen = time.time(), 0.0, 0, 0
-        for m in model.modules():
-            if hasattr(m, 'on_epoch_start'):  # label mappings (ILM, FLM, FreqMap): a pass over the training set
-                m.on_epoch_start(model, loader(share(splits.train), a), epoch)
+        t0 = time.time()
+        update_label_maps(model, loader(share(splits.train), a), epoch)
         net.train()
         dl = loader(splits.train, a, seed=a.seed * 100_003 + epoch)
         progress = Progress(len(dl), f'epoch {epoch + 1}/{a.epochs}') if rank == 0 else None
+        sums = torch.zeros(2, dtype=torch.float64, device=a.device)  # the epoch's summed loss and correct predictions
+        read = dict(loss=0.0, correct=0.0, seen=0, step=0)  # their values at the last read
+        seen = 0
         for i, (x, y) in enumerate(dl):
             step = epoch * steps_per_epoch + i
             for g in opt.param_groups:
@@ -189,31 +208,34 @@ def train(a, model, splits, run, ckpt=None):
             x, y = x.to(a.device, non_blocking=True), y.to(a.device, non_blocking=True)
             mine, global_n = dl.batch_sampler.share(i)  # images of the global batch in this process: 0 = a stand-in
             with autocast(a):
-                logits = net(x)
-            # the mean loss over the global batch (torchrun: the processes' gradients add up to a one-process run's)
-            loss = F.cross_entropy(logits.float(), y, reduction='sum') * (mine > 0) / global_n
-            batch_loss, batch_correct = all_reduce(loss.item() * global_n, int((logits.argmax(1) == y).sum()) *
-                                                   (mine > 0), device=a.device)
-            if not math.isfinite(batch_loss):
-                raise Diverged(f'the training loss became {batch_loss / global_n} at epoch {epoch + 1}, step {i + 1}; '
-                               f'the run stopped and its last checkpoint (epoch {epoch}) is kept. Try a lower --lr '
-                               f'(or --lr-scale), or --precision fp32')
+                logits = ddp(x)
+            batch_loss = F.cross_entropy(logits.float(), y, reduction='sum') * (mine > 0)  # this process's share
+            # the mean loss over the global batch; DDP averages the processes' gradients, hence x size
+            loss = batch_loss * size / global_n
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            sum_gradients(model)
+            if isinstance(opt, baselines.EVPUpdate):  # EVP's canvas gradient, a gradient outside the parameters
+                distributed.reduce_(opt.prompt.canvas_grad, mean=True)  # averaged as DDP averages the others
             opt.step()
-            loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + global_n
-            if progress:
-                progress.update(i + 1, seen, loss_sum / seen, 100.0 * correct / seen)
+            sums += torch.stack([batch_loss.detach(), (logits.argmax(1) == y).sum() * (mine > 0)])
+            seen += global_n
+            if (i + 1) % READ_EVERY == 0 or i + 1 == len(dl):  # one wait for the device per READ_EVERY steps
+                loss_sum, correct = distributed.reduce_(sums.clone()).tolist()
+                check_loss((loss_sum - read['loss']) / (seen - read['seen']), splits.num_classes, epoch,
+                           read['step'] + 1, i + 1)
+                read = dict(loss=loss_sum, correct=correct, seen=seen, step=i + 1)
+                if progress:
+                    progress.update(i + 1, seen, loss_sum / seen, 100.0 * correct / seen)
         train_time += time.time() - t0
         images_seen += seen
-        row = dict(epoch=epoch, train_loss=loss_sum / seen, train_acc=100.0 * correct / seen,
+        row = dict(epoch=epoch, train_loss=read['loss'] / seen, train_acc=100.0 * read['correct'] / seen,
                    lr=opt.param_groups[-1]['lr'], epoch_time_s=time.time() - t0)
         if splits.val is not None:
             row['val_acc'] = evaluate(net, splits.val, a)
         pop_stats(model)
-        row['test_acc'] = evaluate(net, splits.test, a)
-        row.update(pop_stats(model))  # method diagnostics on the test set (LoRSP spike rates, prompt density)
+        if not a.no_test:  # tuning runs (--no-test) never look at the test images
+            row['test_acc'] = evaluate(net, splits.test, a)
+            row.update(pop_stats(model))  # method diagnostics on the test set (LoRSP spike rates, prompt density)
         history.append(row)
         if rank == 0:
             print(f'epoch {epoch + 1}/{a.epochs}: ' + ' '.join(
@@ -263,6 +285,9 @@ def setup(a, argv, rank):
         model = build(a)  # model errors before data loading
         if a.save_prompts and not isinstance(model.prompt, lorsp.LoRSP):
             raise UsageError('--save-prompts draws LoRSP prompts and factors; use it with a lorsp method')
+        if a.no_test and not a.val_split:
+            raise UsageError('--no-test needs --val-split: a run is evaluated on validation images when it never '
+                             'sees the test images')
         if a.compile and not isinstance(model.prompt, lorsp.LoRSP):
             raise UsageError('--compile compiles the LoRSP prompt; the other methods have nothing it would speed up')
         splits = data.load(a.dataset, data_dir=a.data_dir, img_size=a.img_size, seed=a.seed,
@@ -295,14 +320,15 @@ def load_run(path, *, device='cpu', base=False):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     a = parse(argv)
-    a.device = distributed.init(a.device)  # torchrun: one process per GPU, or gloo on the CPU
+    device = a.device = distributed.init(a.device)  # torchrun: one process per GPU, or gloo on the CPU
     rank, size = world()
     try:
         a, run, model, splits, ckpt = setup(a, argv, rank)
         error = None
     except SETUP_ERRORS as e:
         error = e
-    if all_reduce(error is not None, device='cpu')[0]:  # every process stops if one could not set up
+    # every process stops if one could not set up (under torchrun on GPUs, a tensor on this process's GPU)
+    if all_reduce(error is not None, device=device if size > 1 and device.startswith('cuda') else 'cpu')[0]:
         print(f'error: {error}' if error else 'error: another process could not set up (see its message)',
               file=sys.stderr)
         raise SystemExit(2)
@@ -338,20 +364,20 @@ def main(argv=None):
 def finish(a, model, splits, run, history, train_time, images_seen, trainable):
     summary = dict(method=a.method, model=a.model, weights=model.weights_loaded,
                    dataset=a.dataset, seed=a.seed, epochs=a.epochs, img_size=a.img_size, precision=a.precision,
-                   test_acc=history[-1]['test_acc'], train_loss=history[-1]['train_loss'],
-                   best_test_acc=max(h['test_acc'] for h in history),
-                   best_test_acc_is="the max over epochs on the test set: LoR-VP's protocol, which selects on test")
+                   test_acc=history[-1].get('test_acc'), train_loss=history[-1]['train_loss'])
+    if not a.no_test:
+        summary.update(best_test_acc=max(h['test_acc'] for h in history),
+                       best_test_acc_is="the max over epochs on the test set: LoR-VP's protocol, which selects on test")
     if splits.val is not None:
         best = max(range(len(history)), key=lambda i: (history[i]['val_acc'], -i))  # first epoch of the best val acc
         summary.update(val_acc=history[best]['val_acc'], val_selected_epoch=best + 1,
-                       val_selected_test_acc=history[best]['test_acc'])
+                       final_val_acc=history[-1]['val_acc'])
+        if not a.no_test:
+            summary['val_selected_test_acc'] = history[best]['test_acc']
     summary.update(trainable_params=trainable, backbone_params=model.backbone_params, train_time_s=train_time,
                    train_images_per_s=images_seen / max(train_time, 1e-9), processes=world()[1],
                    peak_mem_gb=torch.cuda.max_memory_allocated() / 1e9 if a.device.startswith('cuda') else None,
                    device=a.device if a.device == 'cpu' else torch.cuda.get_device_name(), torch=torch.__version__)
-    if a.speed_reps > 0:
-        from bench import speed  # bench.py is the speed instrument; a run's summary calls the same code
-        summary.update(speed(a, model, splits.num_classes, a.speed_reps))
     summary.update({k: v for k, v in history[-1].items() if k in ('prompt_density', 'spike_rate')})
     summary['prompt_file'] = save_prompt(model, a, run.file('prompt.safetensors'), classes=splits.classes,
                                          test_acc=summary['test_acc'])
@@ -365,17 +391,15 @@ def finish(a, model, splits, run, history, train_time, images_seen, trainable):
 
 
 def print_summary(s):
-    rows = [('test acc, final epoch', f"{s['test_acc']:.2f}%"),
-            ('best test acc over epochs', f"{s['best_test_acc']:.2f}%  (LoR-VP's protocol: selects on test)"),
-            ('test acc at the best val epoch', f"{s.get('val_selected_test_acc', 0):.2f}% (epoch "
-                                               f"{s.get('val_selected_epoch')})" if 'val_acc' in s else None),
+    rows = [('test acc, final epoch', f"{s['test_acc']:.2f}%" if s['test_acc'] is not None else '- (--no-test)'),
+            ('best test acc over epochs', f"{s['best_test_acc']:.2f}%  (LoR-VP's protocol: selects on test)"
+             if 'best_test_acc' in s else None),
+            ('best val acc', f"{s['val_acc']:.2f}% (epoch {s['val_selected_epoch']})" if 'val_acc' in s else None),
+            ('test acc at the best val epoch', f"{s['val_selected_test_acc']:.2f}%"
+             if 'val_selected_test_acc' in s else None),
             ('trainable params', f"{s['trainable_params']:,} ({100 * s['trainable_params'] / s['backbone_params']:.3f}%"
                                  f" of the backbone's {s['backbone_params']:,})"),
             ('train time', f"{s['train_time_s']:.1f} s, {s['train_images_per_s']:.1f} images/s"),
-            ('latency', f"{s['latency_ms']:.3f} ms/image (x{s['latency_ratio']:.3f} the bare backbone)"
-             if 'latency_ms' in s else None),
-            ('training step', f"{s['step_ms']:.1f} ms (x{s['step_ratio']:.3f} the bare backbone's forward + backward "
-                              f"to the input), batch {s['speed_batch']}" if 'step_ms' in s else None),
             ('peak GPU memory', f"{s['peak_mem_gb']:.2f} GB" if s['peak_mem_gb'] is not None else '- (cpu)')]
     print(f"== {s['method']} on {s['model']}, {s['dataset']} (seed {s['seed']}, {s['epochs']} epochs, "
           f"{s['img_size']} px, {s['device']}, {s.get('precision', 'fp32')}) ==")

@@ -76,20 +76,46 @@ class FixedSource(nn.Module):
         return nn.functional.one_hot(self.perm[x[:, 0].long()], 50).float()
 
 
+def start_epoch(label_map, source, batches, epoch):
+    """What train.py does before an epoch (in one process: the counts are not summed)."""
+    if label_map.due(epoch):
+        label_map.set_mapping(label_map.count_sources(source, batches))
+
+
 def test_label_map_intervals_ilm_flm():
     perm = torch.tensor([7, 3, 41, 0])
     batches = [(torch.tensor([[c]]).float(), torch.tensor([c])) for c in range(4)] * 3
     ilm = baselines.SourceLabelMap(num_classes=4, num_source=50, interval=1)
-    ilm.on_epoch_start(FixedSource(perm), batches, epoch=0)
+    start_epoch(ilm, FixedSource(perm), batches, epoch=0)
     assert ilm.mapping.squeeze(1).tolist() == perm.tolist()
     logits = torch.randn(2, 50)
     assert torch.equal(ilm(logits), logits[:, perm])
     flm = baselines.SourceLabelMap(num_classes=4, num_source=50, interval=None)
-    flm.on_epoch_start(FixedSource(perm), batches, epoch=0)
-    flm.on_epoch_start(FixedSource(torch.tensor([1, 2, 3, 4])), batches, epoch=1)  # FLM: computed once only
+    start_epoch(flm, FixedSource(perm), batches, epoch=0)
+    start_epoch(flm, FixedSource(torch.tensor([1, 2, 3, 4])), batches, epoch=1)  # FLM: computed once only
     assert flm.mapping.squeeze(1).tolist() == perm.tolist()
-    ilm.on_epoch_start(FixedSource(torch.tensor([1, 2, 3, 4])), batches, epoch=1)  # ILM: every epoch
+    start_epoch(ilm, FixedSource(torch.tensor([1, 2, 3, 4])), batches, epoch=1)  # ILM: every epoch
     assert ilm.mapping.squeeze(1).tolist() == [1, 2, 3, 4]
+
+
+def test_evps_mode_mapping_takes_each_classs_most_frequent_source_prediction():
+    """EVP's non-CLIP head: per target class, the mode of the un-prompted backbone's source predictions over its
+    training images; two classes may share a source (not one-to-one, unlike the greedy mapping). Hand-made counts:
+    class 0's images are predicted 5, 5, 9; class 1's 5, 5, 5, 2; class 2's 9, 2, 2."""
+    predictions = {0: [5, 5, 9], 1: [5, 5, 5, 2], 2: [9, 2, 2]}
+    batches = [(torch.tensor([[float(s)]]), torch.tensor([c])) for c, ss in predictions.items() for s in ss]
+
+    class Predicts(nn.Module):
+        def features(self, x):
+            return nn.functional.one_hot(x[:, 0].long(), 12).float()
+    mode = baselines.SourceLabelMap(num_classes=3, num_source=12, interval=None, rule='mode')
+    start_epoch(mode, Predicts(), batches, epoch=0)
+    assert mode.mapping.squeeze(1).tolist() == [5, 5, 2]  # classes 0 and 1 share source 5
+    greedy = baselines.SourceLabelMap(num_classes=3, num_source=12, interval=None)
+    start_epoch(greedy, Predicts(), batches, epoch=0)
+    assert len(set(greedy.mapping.squeeze(1).tolist())) == 3  # the greedy rule would not share
+    with pytest.raises(ValueError, match='mode'):
+        baselines.SourceLabelMap(num_classes=3, num_source=12, k=2, rule='mode')
 
 
 def test_evp_update_is_the_official_rule_normalized_over_the_whole_canvas():

@@ -21,7 +21,7 @@ from conftest import ROOT
 from flags import parse
 
 TINY = ['--model', 'test_vit', '--dataset', 'synthetic', '--img-size', '32', '--epochs', '1', '--train-per-class', '8',
-        '--batch-size', '16', '--precision', 'fp32', '--extra', '--no-pretrained --speed-reps 0']
+        '--batch-size', '16', '--precision', 'fp32', '--extra=--no-pretrained', '--bench-reps', '0']
 
 
 def results(tmp_path, name):
@@ -71,7 +71,7 @@ def test_compare_validates_its_arguments_before_anything_runs(tmp_path, monkeypa
 
 def test_failed_runs_make_a_nonzero_exit_naming_each_with_its_log(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    broken = [a if a != '--no-pretrained --speed-reps 0' else '--no-pretrained --speed-reps 0 --rho 0.01' for a in TINY]
+    broken = [a if a != '--extra=--no-pretrained' else '--extra=--no-pretrained --rho 0.01' for a in TINY]
     with pytest.raises(SystemExit) as e:  # lotep_cp cannot prompt 0 blocks: it fails, lp runs
         compare.main(['--protocol', 'offline-cifar10', '--tag', 'f', '--methods', 'lp,lotep_cp', '--seeds', '0',
                       *broken, '--no-tune'])
@@ -144,35 +144,44 @@ def test_tuning_chooses_on_validation_the_same_grid_for_every_arm(tmp_path, monk
 def test_the_grid_scales_each_methods_own_init_and_autovp_searches_its_space():
     settings = compare.PROTOCOLS['offline-cifar10-long'].settings
     tune = compare.PROTOCOLS['offline-cifar10-long'].tune
-    lotep, _ = compare.grid(['--method', 'lotep_cp'], tune, settings)
-    assert len(lotep) == 9 and lotep['lr x3 init x0.3'] == ['--lr-scale', '3', '--init-std', '0.09']  # 0.3 x 0.3
+    lotep, added = compare.grid(['--method', 'lotep_cp'], tune, settings)
+    assert len(lotep) == 9 and lotep['lr x3 init x0.3'] == (['--lr-scale', '3', '--init-std', '0.09'],  # 0.3 x 0.3
+                                                            {'lr': 3, 'init': 0.3})
+    assert added == ['--val-split', '0.1', '--no-test']  # as long as the final runs; never a test image
     lorvp, _ = compare.grid(['--method', 'lorvp'], tune, settings)
-    assert lorvp['lr x1 init x3'] == ['--lr-scale', '1', '--init-std', '0.03']  # LoR-VP's A: 0.01 x 3
+    assert lorvp['lr x1 init x3'][0] == ['--lr-scale', '1', '--init-std', '0.03']  # LoR-VP's A: 0.01 x 3
     lp, _ = compare.grid(['--method', 'lp'], tune, settings)
     assert list(lp) == ['lr x0.3', 'lr x1', 'lr x3']  # no random prompt factor: the lr only
     autovp, _ = compare.grid(['--method', 'autovp'], tune, settings)
-    assert len(autovp) == 9 and {f[1] for f in autovp.values()} == {'fm', 'freq', 'iter'}
+    assert len(autovp) == 9 and {flags[1] for flags, _ in autovp.values()} == {'fm', 'freq', 'iter'}
     deep, shorter = compare.grid(['--method', 'deep_lorvp'], compare.PROTOCOLS['offline-cifar10'].tune, settings)
-    assert deep['init 0.3'] == ['--init-std', '0.3'] and shorter == ['--epochs', '1']
+    assert deep['init 0.3'][0] == ['--init-std', '0.3'] and shorter[-2:] == ['--epochs', '1']
 
 
 def test_every_protocol_arm_is_a_valid_train_command():
     for name, protocol in compare.PROTOCOLS.items():
         assert protocol.arms and protocol.seeds, name
         for arm, flags in protocol.arms.items():
-            argv = compare.train_argv(protocol.settings, flags, 0, 'unused', 0)
+            argv = compare.train_argv(protocol.settings, flags, 0, 'unused')
             a = parse(argv)
             assert a.method in compare.METHODS, (name, arm)
         for a_, b_, claimed, paper in protocol.claims:
             assert a_ in protocol.arms and b_ in protocol.arms, (name, a_, b_)
     tuning_run = compare.train_argv(compare.PROTOCOLS['offline-cifar10'].settings, ['--method', 'lp', '--epochs', '1'],
-                                    0, 'unused', 0)
+                                    0, 'unused')
     assert parse(tuning_run).epochs == 1  # the arm's (or tuning's) flags win over the protocol's settings
     long = compare.PROTOCOLS['offline-cifar10-long']
     assert {'lp', 'lora', 'lorvp', 'evp', 'ilm_vp', 'autovp', 'lotep_cp', 'lotep_tk', 'grouped_lorvp', 'deep_lorvp',
-            'lorsp', 'lorsp_lpf'} <= set(long.arms) and long.seeds == (0, 1, 2)
-    assert parse(compare.train_argv(long.settings, ['--method', 'lp', *long.final_flags], 0, 'unused', 0)).val_split \
-        == 0.1  # the final runs hold out a validation split: the val-selected accuracy beside the final epoch's
+            'lorsp', 'lorsp_lpf'} <= set(long.arms)
+    final = parse(compare.train_argv(long.settings, ['--method', 'lp', *long.final_flags], 0, 'unused'))
+    assert final.val_split == 0.1  # the final runs hold out a validation split: the val-selected accuracy too
+    assert final.channels_last and final.precision == 'fp32'  # a True setting is a flag alone
+    # five seeds for every arm of a claim, three for the others, never the tuning seed 0
+    claim_arms = {'lp', 'lorvp', 'lotep_cp', 'lotep_tk', 'lorsp', 'lorsp_lpf', 'lorsp_topk', 'lorsp_dropout',
+                  'lotep_cp-constant'}
+    assert {arm for arm in long.arms if len(long.seeds_of(arm)) == 5} == claim_arms
+    assert all(len(long.seeds_of(arm)) == 3 for arm in set(long.arms) - claim_arms)
+    assert not any(0 in long.seeds_of(arm) for arm in long.arms)
     assert {k for k in compare.PROTOCOLS if k.startswith('ablation-')} >= {
         'ablation-lotep-rho', 'ablation-lotep-schedule', 'ablation-lotep-r0', 'ablation-grouped-g',
         'ablation-lorsp-nr', 'ablation-lorsp-tau', 'ablation-lorsp-sparsifier'}
@@ -190,8 +199,8 @@ def test_paired_confidence_interval_against_a_hand_computation():
     assert (ci['low'], ci['high']) == (pytest.approx(mean - half), pytest.approx(mean + half))
     assert compare.paired({0: 1.0}, {0: 2.0}) is None
     assert compare.verdict(ci).startswith('cannot tell')  # [-0.18, 2.43] contains 0
-    assert compare.verdict(dict(low=0.2, high=1.0), 2.5) == 'holds; the claimed +2.5 is outside the interval'
-    assert compare.verdict(dict(low=-2.0, high=-0.1)).startswith('does not hold')
+    assert compare.verdict(dict(mean=0.6, low=0.2, high=1.0), 2.5) == 'holds; the claimed +2.5 is outside the interval'
+    assert compare.verdict(dict(mean=-1.0, low=-2.0, high=-0.1)).startswith('does not hold')
     assert statistics.mean(ci['diffs']) == pytest.approx(mean)
 
 
@@ -221,9 +230,9 @@ def test_linear_cka_properties():
 
 def test_cka_on_a_finished_run(tmp_path):
     args = ['--model', 'test_vit', '--no-pretrained', '--dataset', 'synthetic', '--img-size', '32', '--epochs', '1',
-            '--batch-size', '16', '--speed-reps', '0', '--lr', '0.5']
+            '--batch-size', '16', '--lr', '0.5']
     train.main([*args, '--method', 'lotep_cp', '--rho', '1', '--out', str(tmp_path / 'lotep')])
-    train.main([*args, '--method', 'ft', '--out', str(tmp_path / 'ft')])
+    train.main([*args, '--method', 'ft', '--lr', '0.001', '--out', str(tmp_path / 'ft')])  # Adam at 0.5 explodes
     rows = cka.main([str(tmp_path / 'lotep'), '--ft', str(tmp_path / 'ft'), '--images', '40'])
     assert len(rows) == 6 and all(0 < r['cka_base'] <= 1 + 1e-9 and 0 < r['cka_ft'] <= 1 + 1e-9 for r in rows)
     assert any(r['cka_base'] < 0.9999 for r in rows)  # the trained prompts changed the features
@@ -238,7 +247,7 @@ def test_ci_runs_the_readme_test_command():
 
 def test_cka_refuses_what_it_cannot_compare(tmp_path, capsys):
     args = ['--model', 'test_vit', '--no-pretrained', '--dataset', 'synthetic', '--img-size', '32', '--epochs', '1',
-            '--train-per-class', '4', '--speed-reps', '0']
+            '--train-per-class', '4']
     train.main([*args, '--method', 'lorvp', '--out', str(tmp_path / 'lorvp')])
     for argv, fragment in [([str(tmp_path / 'nowhere')], 'not a trained run'),
                            ([str(tmp_path / 'lorvp'), '--ft', str(tmp_path / 'lorvp')], 'must be an ft run')]:

@@ -18,7 +18,7 @@ import lotep
 import lorsp
 import train
 from flags import parse
-from methods import METHODS, build
+from methods import METHODS, autocast, build
 from test_lorsp import reference_prompt
 
 SIZE, K = 32, 10  # synthetic data: 10 classes
@@ -51,9 +51,7 @@ def own_parameters(model):
 
 
 def start_epoch(model, x, y):
-    for m in model.modules():
-        if hasattr(m, 'on_epoch_start'):  # label mappings need their pass over the data first
-            m.on_epoch_start(model, [(x, y)], 0)
+    train.update_label_maps(model, [(x, y)], 0)  # label mappings need their pass over the data first
 
 
 def test_every_method_is_classified():
@@ -201,9 +199,9 @@ def test_train_main_runs_and_counts_the_closed_form(method, tmp_path):
         a, model = make(method)
         expected = closed_form(method, a, model)
     s = train.main(['--method', method, '--model', 'test_vit', *FAST, '--epochs', '1', '--train-per-class', '8',
-                    '--speed-reps', '1', '--out', str(tmp_path / 'r')])
+                    '--out', str(tmp_path / 'r')])
     assert s['trainable_params'] == expected > 0
-    assert 0 <= s['test_acc'] <= 100 and s['latency_ms'] > 0 and s['step_ratio'] > 0
+    assert 0 <= s['test_acc'] <= 100
 
 
 @pytest.mark.parametrize('method', sorted(METHODS))
@@ -213,14 +211,14 @@ def test_every_method_trains_under_bf16_autocast_on_the_cpu(method):
     start_epoch(model, x, y)
     opt = train.make_optimizer(a, model)
     model.train()
-    with train.autocast(a):
+    with autocast(a):
         logits = model(x)
     loss = F.cross_entropy(logits.float(), y)
     loss.backward()
     opt.step()
     assert torch.isfinite(loss) and all(torch.isfinite(p).all() for p in model.parameters())
     model.eval()
-    with torch.no_grad(), train.autocast(a):
+    with torch.no_grad(), autocast(a):
         assert model(x).shape == (8, K)
 
 

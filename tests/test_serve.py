@@ -15,7 +15,7 @@ from conftest import needs_lite0
 
 pytestmark = needs_lite0
 SYNTH = ['--model', 'tf_efficientnet_lite0', '--dataset', 'synthetic', '--img-size', '32', '--batch-size', '16',
-         '--epochs', '1', '--train-per-class', '8', '--speed-reps', '0', '--precision', 'fp32', '--lr', '0.2']
+         '--epochs', '1', '--train-per-class', '8', '--precision', 'fp32', '--lr', '0.2']
 
 
 @pytest.fixture(scope='module')

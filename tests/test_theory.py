@@ -41,7 +41,7 @@ def test_effective_rank_by_energy():
 
 def test_rank_by_depth_refuses_what_it_cannot_analyse(tmp_path, capsys):
     train.main(['--method', 'lp', '--model', 'test_vit', '--no-pretrained', '--dataset', 'synthetic', '--img-size',
-                '32', '--epochs', '1', '--train-per-class', '4', '--speed-reps', '0', '--out', str(tmp_path / 'lp')])
+                '32', '--epochs', '1', '--train-per-class', '4', '--out', str(tmp_path / 'lp')])
     (tmp_path / 'empty').mkdir()
     for run, fragment in [(tmp_path / 'lp', 'is a lp run'), (tmp_path / 'empty', 'not a trained run'),
                           (tmp_path / 'missing', 'not a trained run')]:

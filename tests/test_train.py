@@ -18,7 +18,7 @@ from flags import parse
 from methods import build
 
 SYNTH = ['--model', 'test_vit', '--no-pretrained', '--dataset', 'synthetic', '--img-size', '32', '--batch-size', '32',
-         '--speed-reps', '0', '--precision', 'fp32']
+         '--precision', 'fp32']
 
 
 def run(tmp_path, *args, name='run'):
@@ -97,7 +97,7 @@ def test_resume_equals_an_uninterrupted_run_optimizer_state_included(tmp_path, m
     original = train.Progress.update
 
     def killed_in_epoch_2(self, i, *rest):
-        if self.label.startswith('epoch 2') and i == 3:
+        if self.label.startswith('epoch 2') and i == train.READ_EVERY:  # the first progress update of epoch 2
             raise KeyboardInterrupt
         return original(self, i, *rest)
     monkeypatch.setattr(train.Progress, 'update', killed_in_epoch_2)
@@ -168,7 +168,7 @@ def test_image_sizes_the_backbone_cannot_see_are_refused(tmp_path, capsys):
 
 def test_the_head_is_sized_from_what_the_backbone_outputs(tmp_path):
     s = train.main(['--method', 'lp', '--model', 'mobilenetv3_small_100', '--no-pretrained', '--dataset', 'synthetic',
-                    '--img-size', '32', '--epochs', '1', '--train-per-class', '4', '--speed-reps', '0',
+                    '--img-size', '32', '--epochs', '1', '--train-per-class', '4',
                     '--out', str(tmp_path / 'r')])
     assert s['trainable_params'] == (1024 + 1) * 10  # its head conv makes 1024 features, not num_features = 576
 
@@ -273,8 +273,8 @@ def test_a_diverging_run_stops_clearly_keeps_its_last_checkpoint_and_writes_no_n
         loss = original(logits, y, **kw)
         return loss * float('nan') if len(calls) > 22 else loss  # 19 steps per epoch: step 4 of epoch 2
     monkeypatch.setattr(train.F, 'cross_entropy', nan_in_epoch_2)
-    fails(capsys, [*SYNTH, '--method', 'lorvp', '--epochs', '3', '--out', str(tmp_path / 'r')], 'epoch 2, step 4',
-          'nan', '--lr', code=3)
+    fails(capsys, [*SYNTH, '--method', 'lorvp', '--epochs', '3', '--out', str(tmp_path / 'r')],
+          'epoch 2, steps 1-10', 'nan', '--lr', code=3)  # the loss is read every READ_EVERY = 10 steps
     checkpoint = torch.load(tmp_path / 'r' / 'checkpoint.pt', weights_only=False)
     assert len(checkpoint['history']) == 1 and all(torch.isfinite(v).all() for v in checkpoint['model'].values())
     assert not (tmp_path / 'r' / 'summary.json').exists()
@@ -334,5 +334,5 @@ def test_lp_with_the_offline_imagenet_weights_is_well_above_chance(tmp_path):
     give about 14%. Chance is 10%."""
     s = train.main(['--method', 'lp', '--model', 'tf_efficientnet_lite0', '--dataset', 'cifar10', '--data-dir',
                     SHARED_DATA, '--train-per-class', '50', '--test-limit', '500', '--img-size', '96', '--epochs',
-                    '2', '--batch-size', '32', '--speed-reps', '0', '--out', str(tmp_path / 'r')])
+                    '2', '--batch-size', '32', '--out', str(tmp_path / 'r')])
     assert s['test_acc'] > 60 and s['model'] == 'tf_efficientnet_lite0.in1k'

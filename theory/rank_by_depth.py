@@ -64,7 +64,7 @@ def main(argv=None):
         args = ['--method', 'naive_deep_vp', '--model', 'tf_efficientnet_lite0', '--dataset', 'cifar10',
                 '--data-dir', SHARED_DATA, '--train-per-class', str(a.train_per_class), '--test-limit', '1000',
                 '--img-size', str(a.img_size), '--epochs', str(a.epochs), '--batch-size', '32', '--rho', '1.0',
-                '--speed-reps', '0', '--precision', 'fp32', '--out', run_dir]
+                '--precision', 'fp32', '--out', run_dir]
         train.main(['--resume', '--out', run_dir] if os.path.exists(os.path.join(run_dir, 'config.json')) else args)
     try:
         rows = analyse(run_dir)
