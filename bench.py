@@ -1,10 +1,12 @@
-"""Speed against the floor: every method's training step and inference latency as a ratio to the bare frozen
-backbone's, timed in one process, interleaved, so that both see the same machine load.
+"""Speed and memory against the floor: every method's training step and inference latency as a ratio to the bare
+frozen backbone's, timed in one process, interleaved, so that both see the same machine load; and the memory of a
+training step, counted.
 
     python bench.py --model tf_efficientnet_lite0 --img-size 128 --methods all     # -> results/bench-<model>-<size>.md
     python bench.py --methods lorsp,lorvp --precision fp32 --compile --tag fp32-compiled
     python bench.py --serve lorvp,lotep_cp,lorsp,lotep_tk      # T tasks on one backbone in one batch, against T models
     python bench.py --methods lorsp,ft --profile               # where the time goes: torch.profiler's top ops
+    costs = measure({'lotep_cp': train_argv, ...}, reps=10)    # compare.py's cost columns, one row per arm
 
 The floor of a prompt is what the frozen backbone costs anyway: its forward + backward to its input (training; an
 input-space or deep prompt needs that backward), and its forward (inference). Each round times, for every method in
@@ -12,10 +14,16 @@ turn: the floor's step, the method's step (forward + backward, the method's own 
 the method's forward (LoRA merged), all on one fixed batch, the floor and the method in
 alternating order. Times are the fastest of the rounds (the least disturbed by other work); a ratio is the median over
 the rounds of the method's time over its floor's in the same round, so that slow drifts of the machine cancel.
+
+Memory is counted, so it is the same on any device and under any load: one training step holds the model's weights,
+the gradients of its trainable parameters, the optimizer's state, and the activations autograd saves for backward
+(torch.autograd.graph.saved_tensors_hooks, each storage once, the weights themselves not again); the floor holds its
+weights and the activations of its backward to the input. On CUDA the table also gives torch.cuda.max_memory_allocated
+of each step. Tables merge rows into the table of the same settings, and refuse one of other settings (give --tag).
 """
 import argparse
 import copy
-import json
+import itertools
 import os
 import platform
 import statistics
@@ -27,17 +35,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import baselines
+import data
+import results
 import train
 from backbones import Adapted, create, normalizer
-from flags import NONNEG_INT, POS_INT, parse
-from methods import METHODS, BuildError, build
+from flags import POS_INT, parse, resolve
+from methods import METHODS, BuildError, autocast, build
 
 
 def floor_model(a, K):
     """The bare frozen backbone, with the run's weights (random ones can be slower on a CPU: denormal numbers), and a
     frozen head of K classes."""
     bare = create(a.model, pretrained=not a.no_pretrained, weights=a.weights, img_size=a.img_size, num_classes=0)
-    floor = Adapted(backbone=bare, normalize=normalizer(bare), head=nn.Linear(bare.feature_dim, K))
+    floor = Adapted(backbone=bare, normalize=normalizer(bare), head=nn.Linear(bare.feature_dim, K),
+                    channels_last=a.channels_last)
     return floor.requires_grad_(False).to(a.device)
 
 
@@ -48,23 +59,80 @@ def inference_model(model):
     return baselines.merge_lora(copy.deepcopy(model))
 
 
+def train_step(a, model, x, y, *, input_grad=False, opt=None):
+    """One training step on a fixed batch: forward and backward (to the input too, for the floor), and the optimizer's
+    step when one is given."""
+    model.train()
+    xx = x.clone().requires_grad_(input_grad)
+    with autocast(a):
+        loss = F.cross_entropy(model(xx).float(), y)
+    loss.backward()
+    if opt is not None:
+        opt.step()
+    model.zero_grad(set_to_none=True)
+
+
 def jobs(a, model, floor, x, y):
     """The four timed jobs of one method: its step and forward, and the floor's."""
-    def step(m, input_grad):
-        m.train()
-        xx = x.clone().requires_grad_(input_grad)
-        with train.autocast(a):
-            loss = F.cross_entropy(m(xx).float(), y)
-        loss.backward()
-        m.zero_grad(set_to_none=True)
-
     def forward(m):
         m.eval()
-        with torch.no_grad(), train.autocast(a):
+        with torch.no_grad(), autocast(a):
             m(x)
     infer = inference_model(model)
-    return {'floor_step': lambda: step(floor, True), 'step': lambda: step(model, False),
+    return {'floor_step': lambda: train_step(a, floor, x, y, input_grad=True),
+            'step': lambda: train_step(a, model, x, y),
             'floor_latency': lambda: forward(floor), 'latency': lambda: forward(infer)}
+
+
+# ---- memory: counted, the same on any device ----
+
+def nbytes(tensors):
+    """Bytes of distinct storages (a view shares its base's)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+def saved_bytes(model, fn):
+    """The bytes autograd saves for backward while fn() runs, each storage counted once; the model's own parameters
+    and buffers, held anyway, are not counted again."""
+    held = {t.untyped_storage().data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
+    saved = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in held:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(saved.values())
+
+
+def memory(a, model, floor, x, y):
+    """One training step's memory, counted, for the method (with its optimizer's step) and for its floor; MB and the
+    ratio. On CUDA also the peak the allocator saw in each step."""
+    opt = train.make_optimizer(a, model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    saved = saved_bytes(model, lambda: train_step(a, model, x, y, opt=opt))
+    parts = dict(weights=nbytes(itertools.chain(model.parameters(), model.buffers())), gradients=nbytes(trainable),
+                 optimizer=nbytes(v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)),
+                 saved=saved)
+    floor_parts = dict(weights=nbytes(itertools.chain(floor.parameters(), floor.buffers())),
+                       saved=saved_bytes(floor, lambda: train_step(a, floor, x, y, input_grad=True)))
+    mb = 2 ** 20
+    row = dict(memory_mb=sum(parts.values()) / mb, floor_memory_mb=sum(floor_parts.values()) / mb,
+               memory_ratio=sum(parts.values()) / sum(floor_parts.values()),
+               memory_parts_mb={k: v / mb for k, v in parts.items()},
+               floor_memory_parts_mb={k: v / mb for k, v in floor_parts.items()})
+    if a.device.startswith('cuda'):
+        for key, step in (('cuda_peak_mb', lambda: train_step(a, model, x, y, opt=opt)),
+                          ('floor_cuda_peak_mb', lambda: train_step(a, floor, x, y, input_grad=True))):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            torch.cuda.synchronize()
+            row[key] = torch.cuda.max_memory_allocated() / mb
+    return row
 
 
 def interleaved(tasks: dict, reps: int, device: str) -> dict:
@@ -95,18 +163,49 @@ def figures(t, batch):
                 latency_ratio=ratio('latency'), speed_batch=batch)
 
 
+def bench_batch(a):
+    """The timed batch's size: the run's batch on a GPU; on a CPU at most 32 (larger ones overflow its caches and time
+    the memory system rather than the method)."""
+    return a.batch_size if a.device.startswith('cuda') else min(a.batch_size, 32)
+
+
 def batch_of(a, K):
-    g = torch.Generator().manual_seed(0)
-    n = min(a.batch_size, 32)
+    g = torch.Generator().manual_seed(0)  # drawn on the CPU, then moved: the same batch on any device
+    n = bench_batch(a)
     return (torch.rand(n, 3, a.img_size, a.img_size, generator=g).to(a.device),
             torch.randint(0, K, (n,), generator=g).to(a.device))
 
 
-def speed(a, model, K, reps):
-    """A run's speed figures (train.py's summary): its step and latency against the floor, batch min(batch, 32)."""
-    x, y = batch_of(a, K)
-    best = interleaved({'m': jobs(a, model, floor_model(a, K), x, y)}, reps, a.device)['m']
-    return figures(best, len(x))
+def build_tasks(argvs: dict, classes=None):
+    """name -> train.py flags: each method's model and its floor, its counted memory, its timed jobs. A method that
+    cannot be built gets a row that says why."""
+    tasks, rows, args = {}, {}, None
+    for name, argv in argvs.items():
+        try:
+            args = resolve(parse(argv))
+            model = build(args)
+        except (BuildError, train.UsageError) as e:
+            rows[name] = dict(method=name, error=str(e))
+            continue
+        K = classes or data.NUM_CLASSES[args.dataset]
+        x, y = batch_of(args, K)
+        floor = floor_model(args, K)
+        rows[name] = dict(method=name, trainable=sum(q.numel() for q in model.parameters() if q.requires_grad),
+                          **memory(args, model, floor, x, y))
+        tasks[name] = jobs(args, model, floor, x, y)
+        print(f'built {name}: {rows[name]["trainable"]:,} trainable, a step holds {rows[name]["memory_mb"]:.1f} MB '
+              f'(x{rows[name]["memory_ratio"]:.3f} the floor)', flush=True)
+    return tasks, rows, args
+
+
+def measure(argvs: dict, reps: int) -> dict:
+    """compare.py's cost columns: name -> train.py flags of an arm -> its row (memory, step and latency ratios)."""
+    tasks, rows, args = build_tasks(argvs)
+    if tasks:
+        times = interleaved(tasks, reps, args.device)
+        for name in tasks:
+            rows[name].update(figures(times[name], bench_batch(args)))
+    return rows
 
 
 def profile(tasks, reps=5, top=6):
@@ -137,9 +236,10 @@ def main(argv=None):
     p.add_argument('--img-size', type=POS_INT, default=128)
     p.add_argument('--batch-size', type=POS_INT, default=32)
     p.add_argument('--methods', default='all', help='comma list, or all')
-    p.add_argument('--reps', type=NONNEG_INT, default=20, help='timed rounds (after one warm-up round)')
+    p.add_argument('--reps', type=POS_INT, default=20, help='timed rounds (after one warm-up round)')
     p.add_argument('--precision', choices=['fp32', 'bf16'], help='default: as train.py (bf16 where fast)')
     p.add_argument('--compile', action='store_true', help='torch.compile the LoRSP prompts')
+    p.add_argument('--channels-last', action='store_true', help='the backbones in channels-last memory order')
     p.add_argument('--device', default='auto')
     p.add_argument('--classes', type=POS_INT, default=10, help='K of the heads')
     p.add_argument('--tag', help='results/bench-<model>-<size>-<tag>.md')
@@ -149,53 +249,121 @@ def main(argv=None):
                    'add to its floor\'s (torch.profiler) -> results/profile-<model>-<size>.txt')
     b = p.parse_args(argv)
     b.command = 'python bench.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
+    try:
+        results.check_tag(b.tag)
+    except results.ResultsError as e:
+        p.error(str(e))
     if b.serve:
-        return serve_bench(b)
-    names = list(METHODS) if b.methods == 'all' else b.methods.split(',')
+        return serve_bench(b, p)
+    names = list(METHODS) if b.methods == 'all' else [m for m in b.methods.split(',') if m]
     unknown = [m for m in names if m not in METHODS]
-    if unknown:
-        p.error(f'unknown method(s) {unknown}; choose from {", ".join(METHODS)}')
-    tasks, rows, args = {}, {}, None
-    for name in names:
-        flags = ['--method', name, '--model', b.model, '--img-size', str(b.img_size), '--batch-size',
-                 str(b.batch_size), '--device', b.device, '--dataset', 'synthetic'] + \
-            (['--precision', b.precision] if b.precision else []) + (['--no-pretrained'] if b.no_pretrained else []) + \
-            (['--compile'] if b.compile and name.startswith('lorsp') else [])
-        try:
-            args = train.resolve(parse(flags))
-            model = build(args)
-        except (BuildError, train.UsageError) as e:
-            rows[name] = dict(method=name, error=str(e))
-            continue
-        x, y = batch_of(args, b.classes)
-        tasks[name] = jobs(args, model, floor_model(args, b.classes), x, y)
-        rows[name] = dict(method=name, trainable=sum(q.numel() for q in model.parameters() if q.requires_grad))
-        print(f'built {name}: {rows[name]["trainable"]:,} trainable', flush=True)
+    if unknown or not names:
+        p.error(f'unknown method(s) {unknown}; choose from {", ".join(METHODS)}' if unknown else
+                '--methods is empty; give a comma list of methods, or all')
+    name = f'bench-{b.model}-{b.img_size}' + (f'-{b.tag}' if b.tag else '')
+    argvs = {m: ['--method', m, '--model', b.model, '--img-size', str(b.img_size), '--batch-size', str(b.batch_size),
+                 '--device', b.device, '--dataset', 'synthetic'] + (['--precision', b.precision] if b.precision else [])
+             + (['--no-pretrained'] if b.no_pretrained else []) + (['--channels-last'] if b.channels_last else [])
+             + (['--compile'] if b.compile and m.startswith('lorsp') else []) for m in names}
+    try:
+        a = resolve(parse(argvs[names[0]]))
+    except (train.UsageError,) + train.SETUP_ERRORS as e:
+        p.error(str(e))
+    settings = dict(model=b.model, img_size=b.img_size, batch=bench_batch(a), precision=a.precision,
+                    compile=b.compile, channels_last=b.channels_last, classes=b.classes, reps=b.reps,
+                    pretrained=not b.no_pretrained, machine=machine(a.device))
     if b.profile:
-        path = os.path.join('results', f'profile-{b.model}-{b.img_size}' + (f'-{b.tag}' if b.tag else '') + '.txt')
-        text = f'{b.command}\n\n' + profile(tasks)
-        os.makedirs('results', exist_ok=True)
-        with open(path, 'w') as f:
-            f.write(text)
-        print(text + f'-> {path}')
-        return
-    best = interleaved(tasks, b.reps, args.device)
-    for name in tasks:
-        rows[name].update(figures(best[name], b.batch_size if b.batch_size <= 32 else 32))
-    write(b, args, [rows[n] for n in names])
+        return write_profile(b, settings, build_tasks(argvs, b.classes)[0])
+    try:
+        with results.locked(name):  # refused before minutes of timing, not after
+            results.check_settings(name, results.read(name), settings)
+    except results.ResultsError as e:
+        raise SystemExit(f'error: {e}') from None
+    tasks, rows, _ = build_tasks(argvs, b.classes)
+    times = interleaved(tasks, b.reps, a.device)
+    for m in tasks:
+        rows[m].update(figures(times[m], bench_batch(a)))
+    with results.locked(name):  # merged with what is on disk now: rows of other methods stay
+        previous = results.read(name)
+        results.check_settings(name, previous, settings)
+        merged = {r['method']: r for r in (previous or {}).get('rows', [])}
+        merged.update(rows)
+        ordered = [merged[m] for m in METHODS if m in merged]
+        commands = list(dict.fromkeys((previous or {}).get('commands', []) + [b.command]))
+        md = bench_table(b, settings, ordered, commands)
+        results.write(name, dict(settings=settings, commands=commands, torch=torch.__version__, rows=ordered), md)
+    print(md)
+    return ordered
 
 
-def serve_bench(b):
+def machine(device):
+    return f'{platform.machine()} CPU ({os.cpu_count()} cores)' if not device.startswith('cuda') \
+        else torch.cuda.get_device_name()
+
+
+def bench_table(b, settings, rows, commands):
+    s = settings
+    cuda = any('cuda_peak_mb' in r for r in rows)
+    lines = [f'# Speed and memory against the floor: {s["model"]}, {s["img_size"]} px, batch {s["batch"]}, '
+             f'{s["precision"]}{", LoRSP compiled" if s["compile"] else ""}'
+             f'{", channels-last" if s["channels_last"] else ""}', '',
+             f'{"; ".join(f"`{c}`" for c in commands)}; {s["machine"]}, torch {torch.__version__}; the fastest of '
+             f'{s["reps"]} interleaved rounds. Step: forward + backward (floor: the bare frozen backbone\'s forward + '
+             f'backward to its input). Latency: forward (floor: the bare backbone\'s). Memory: one training step, '
+             f'counted (weights, gradients, optimizer state, activations saved for backward; floor: weights and the '
+             f'activations of its backward to the input).', '',
+             '| method | trainable params | step ms | step ratio | latency ms/img | latency ratio | memory MB | '
+             'memory ratio |' + (' CUDA peak MB | floor CUDA peak MB |' if cuda else ''),
+             '|---|---|---|---|---|---|---|---|' + ('---|---|' if cuda else '')]
+    for r in rows:
+        if 'error' in r:
+            lines.append(f'| {r["method"]} | cannot attach: {r["error"]} | | | | | | |' + (' | |' if cuda else ''))
+            continue
+        lines.append(f'| {r["method"]} | {r["trainable"]:,} | {r["step_ms"]:.1f} | {r["step_ratio"]:.3f} | '
+                     f'{r["latency_ms"]:.3f} | {r["latency_ratio"]:.3f} | {r["memory_mb"]:.1f} | '
+                     f'{r["memory_ratio"]:.3f} |' +
+                     (f' {r.get("cuda_peak_mb", 0):.0f} | {r.get("floor_cuda_peak_mb", 0):.0f} |' if cuda else ''))
+    return '\n'.join(lines) + '\n'
+
+
+def write_profile(b, settings, tasks):
+    """results/profile-<model>-<size>[-tag].txt; a file made by another command is not replaced (give --tag)."""
+    path = os.path.join(results.DIR, f'profile-{b.model}-{b.img_size}' + (f'-{b.tag}' if b.tag else '') + '.txt')
+    if os.path.exists(path):
+        with open(path) as f:
+            made_by = f.readline().strip()
+        if made_by != b.command:
+            raise SystemExit(f'error: {path} was made by another command ({made_by}); give this one its own --tag')
+    text = f'{b.command}\n\n' + profile(tasks)
+    os.makedirs(results.DIR, exist_ok=True)
+    with open(path, 'w') as f:
+        f.write(text)
+    print(text + f'-> {path}')
+
+
+def serve_bench(b, p):
     """T tasks (prompts made non-zero, written as prompt files) served mixed in one batch of 8 T images by one
     backbone, against T separate models each running its own 8 images: time per batch and the weights held."""
     import tempfile
     from serve import MultiTask, load_task, save_prompt
-    methods, paths = b.serve.split(','), []
+    methods, paths = [m for m in b.serve.split(',') if m], []
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        p.error(f'--serve: unknown method(s) {unknown}' if unknown else
+                '--serve is empty; give a comma list of methods')
+    name = f'serve-{b.model}-{b.img_size}' + (f'-{b.tag}' if b.tag else '')
+    settings = dict(tasks=methods, model=b.model, img_size=b.img_size, reps=b.reps, pretrained=not b.no_pretrained,
+                    machine=machine('cuda' if b.device != 'cpu' and torch.cuda.is_available() else 'cpu'))
+    try:
+        with results.locked(name):
+            results.check_settings(name, results.read(name), settings)
+    except results.ResultsError as e:
+        raise SystemExit(f'error: {e}') from None
     with tempfile.TemporaryDirectory() as tmp:
         for t, method in enumerate(methods):
-            a = train.resolve(parse(['--method', method, '--model', b.model, '--img-size', str(b.img_size),
-                                     '--dataset', 'synthetic', '--device', b.device, '--precision', 'fp32'] +
-                                    (['--no-pretrained'] if b.no_pretrained else [])))
+            a = resolve(parse(['--method', method, '--model', b.model, '--img-size', str(b.img_size),
+                               '--dataset', 'synthetic', '--device', b.device, '--precision', 'fp32'] +
+                              (['--no-pretrained'] if b.no_pretrained else [])))
             model = build(a)
             with torch.no_grad():
                 for n, q in model.named_parameters():
@@ -226,43 +394,18 @@ def serve_bench(b):
                  mb=weights([bare])),
             dict(serving=f'floor: the bare backbone, one batch of {len(x)}', ms=1e3 * min(t['bare']),
                  mb=weights([bare]))]
-    where = f'{platform.machine()} CPU ({os.cpu_count()} cores)' if a.device == 'cpu' else torch.cuda.get_device_name()
+    where = machine(a.device)
     lines = [f'# Serving {len(methods)} tasks ({", ".join(methods)}) on {b.model}, {b.img_size} px, a batch of '
              f'{len(x)} (8 per task), fp32', '', f'`{b.command}`; the fastest of '
              f'{b.reps} interleaved rounds; {where}, torch {torch.__version__}', '',
              '| serving | ms per batch | images/s | weights held MB |', '|---|---|---|---|']
     lines += [f'| {r["serving"]} | {r["ms"]:.1f} | {len(x) / r["ms"] * 1e3:.0f} | {r["mb"]:.1f} |' for r in rows]
-    os.makedirs('results', exist_ok=True)
-    with open(os.path.join('results', f'serve-{b.model}-{b.img_size}.md'), 'w') as f:
-        f.write('\n'.join(lines) + '\n')
+    with results.locked(name):  # the same settings: a new measurement of the same table replaces it
+        results.check_settings(name, results.read(name), settings)
+        results.write(name, dict(settings=settings, command=b.command, torch=torch.__version__, rows=rows),
+                      '\n'.join(lines) + '\n')
     print('\n'.join(lines))
     return rows
-
-
-def write(b, a, rows):
-    where = (f'{platform.machine()} CPU ({os.cpu_count()} cores)' if a.device == 'cpu'
-             else torch.cuda.get_device_name())
-    lines = [f'# Speed against the floor: {b.model}, {b.img_size} px, batch {min(b.batch_size, 32)}, {a.precision}'
-             f'{", LoRSP compiled" if b.compile else ""}', '',
-             f'`{b.command}`; {where}, torch {torch.__version__}; the fastest of '
-             f'{b.reps} interleaved rounds. Step: forward + backward (floor: the bare frozen backbone\'s forward + '
-             f'backward to its input). Latency: forward (floor: the bare backbone\'s).', '',
-             '| method | trainable params | step ms | step ratio | latency ms/img | latency ratio |',
-             '|---|---|---|---|---|---|']
-    for r in rows:
-        if 'error' in r:
-            lines.append(f'| {r["method"]} | cannot attach: {r["error"]} | | | | |')
-        else:
-            lines.append(f'| {r["method"]} | {r["trainable"]:,} | {r["step_ms"]:.1f} | {r["step_ratio"]:.3f} | '
-                         f'{r["latency_ms"]:.3f} | {r["latency_ratio"]:.3f} |')
-    os.makedirs('results', exist_ok=True)
-    name = os.path.join('results', f'bench-{b.model}-{b.img_size}' + (f'-{b.tag}' if b.tag else ''))
-    with open(name + '.md', 'w') as f:
-        f.write('\n'.join(lines) + '\n')
-    with open(name + '.json', 'w') as f:
-        json.dump(dict(model=b.model, img_size=b.img_size, precision=a.precision, compile=b.compile, reps=b.reps,
-                       machine=where, torch=torch.__version__, rows=rows), f, indent=1, allow_nan=False)
-    print('\n'.join(lines))
 
 
 if __name__ == '__main__':

@@ -384,10 +384,10 @@ def table(name, protocol, settings, seeds, rows, tuning, claims, wall_s, tune_wa
              (f' (and {tune_wall_s / 60:.1f} min of tuning before them)' if tuning else '') + '.', '',
              'Accuracy: the final epoch on the test images (no selection on test).' +
              (' Val-selected: the test accuracy of the epoch best on the held-out validation images.' if val else '') +
-             ' Cost columns: `bench.py` on this arm\'s model with the protocol\'s settings (one batch of '
-             'min(batch, 32)), interleaved with the bare frozen backbone: training step (floor: forward + backward to '
-             'the input) and inference latency as ratios, the median of per-round ratios; memory of a training step '
-             '(weights, gradients, optimizer state and the activations saved for backward) against the floor\'s.',
+             ' Cost columns: `bench.py` on this arm\'s model with the protocol\'s settings (one batch; on a CPU '
+             'at most 32 images), interleaved with the bare frozen backbone: training step (floor: forward + backward '
+             'to the input) and inference latency as ratios, the median of per-round ratios; memory of a training '
+             'step (weights, gradients, optimizer state and the activations saved for backward) against the floor\'s.',
              '', '| arm | test acc % (mean ± std, n) |' + (' val-selected test acc % |' if val else '') +
              ' trainable params | train time s | train img/s | latency ms/img | step / bare | latency / bare |'
              ' memory MB | memory / bare |' + (' tuned on validation |' if tuning else ''),

@@ -41,6 +41,9 @@ def locked(name):
 def read(name):
     """The .json record of a table, or None; a damaged or foreign file is a ResultsError, never overwritten."""
     if not os.path.exists(path(name, 'json')):
+        if os.path.exists(path(name, 'md')):
+            raise ResultsError(f'{path(name, "md")} has no .json record of its settings (an older table, or another '
+                               f'program\'s); move it away, or give these results their own --tag')
         return None
     try:
         with open(path(name, 'json')) as f:

@@ -376,6 +376,7 @@ def finish(a, model, splits, run, history, train_time, images_seen, trainable):
             summary['val_selected_test_acc'] = history[best]['test_acc']
     summary.update(trainable_params=trainable, backbone_params=model.backbone_params, train_time_s=train_time,
                    train_images_per_s=images_seen / max(train_time, 1e-9), processes=world()[1],
+                   backend=dist.get_backend() if dist.is_initialized() else None,
                    peak_mem_gb=torch.cuda.max_memory_allocated() / 1e9 if a.device.startswith('cuda') else None,
                    device=a.device if a.device == 'cpu' else torch.cuda.get_device_name(), torch=torch.__version__)
     summary.update({k: v for k, v in history[-1].items() if k in ('prompt_density', 'spike_rate')})

@@ -279,3 +279,74 @@ def test_report_tables_the_finished_runs_and_starts_none(tmp_path, monkeypatch):
     tune_dir = tmp_path / 'runs' / 'offline-tiny-r' / 'tune'
     walls = [json.loads(p.read_text())['wall_s'] for p in tune_dir.glob('*.wall.json')]
     assert len(walls) == 1 and saved['tune_wall_s'] == pytest.approx(sum(walls))
+
+
+def test_student_t_p_values_and_holms_correction_against_hand_computations():
+    for df, q in compare.T975.items():  # the tabled 97.5% quantiles: two-sided p = 0.05
+        assert compare.t_two_sided(q, df) == pytest.approx(0.05, abs=3e-4), df
+    assert compare.t_two_sided(1.0, 1) == pytest.approx(0.5)  # df = 1, the Cauchy law: P(|T| >= 1) = 1/2
+    assert compare.t_two_sided(3.0, 2) == pytest.approx(1 - 3 / math.sqrt(11))  # df = 2: 1 - t / sqrt(2 + t^2)
+    assert compare.t_two_sided(0.0, 4) == pytest.approx(1.0)
+    # Holm, m = 4: sorted 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> running max 0.06
+    assert compare.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert compare.holm([0.2, None, 0.01]) == [pytest.approx(0.2), None, pytest.approx(0.02)]
+
+
+def test_holm_turns_a_marginal_holds_into_cannot_tell():
+    """Three claims tested together: one marginal (p about 0.035 alone), two with nothing to show. Raw, the marginal
+    one holds; with Holm's correction, as the smallest of three p-values, it is tripled and cannot be told."""
+    rows = {'a': dict(accs={0: 80.0, 1: 81.0, 2: 82.0}, val_selected={}),
+            'b': dict(accs={0: 79.0, 1: 79.5, 2: 80.0}, val_selected={}),  # a - b: 1.0, 1.5, 2.0
+            'c': dict(accs={0: 79.0, 1: 82.0, 2: 81.5}, val_selected={}),  # a - c: 1.0, -1.0, 0.5
+            'd': dict(accs={0: 80.5, 1: 80.2, 2: 81.9}, val_selected={})}  # a - d: -0.5, 0.8, 0.1
+    protocol = dataclasses.replace(compare.PROTOCOLS['offline-tiny'], claims=tuple(
+        ('a', other, None, 'a paper') for other in 'bcd'))
+    marginal, *nulls = compare.test_claims(protocol, rows)
+    d = [1.0, 1.5, 2.0]  # computed here
+    t = statistics.mean(d) / (statistics.stdev(d) / math.sqrt(3))
+    assert marginal['p'] == pytest.approx(compare.t_two_sided(t, 2)) and 0.03 < marginal['p'] < 0.04
+    assert marginal['verdict'] == 'holds' and marginal['p_holm'] == pytest.approx(3 * marginal['p'])
+    assert marginal['verdict_holm'].startswith('cannot tell')
+    assert all(c['verdict'].startswith('cannot tell') and c['p_holm'] >= c['p'] for c in nulls)
+    assert marginal['verdict_val_selected'].startswith('cannot tell: fewer than two seeds')
+
+
+def test_a_choice_on_an_edge_extends_that_axis_for_every_arm():
+    tune, extend = {'lr': (0.3, 1, 3), 'init': (0.3, 1, 3)}, {'lr': (0.1, 0.3, 1, 3, 10), 'init': (0.3, 1, 3)}
+    tuning = {'a': {'point': {'lr': 3, 'init': 1}}, 'b': {'point': {'lr': 1, 'init': 3}}, 'c': {'point': {'lr': 0.3}}}
+    # a and c chose lr edges the progression goes beyond; b's init x3 ends the init progression: not extendable
+    assert compare.edges(tuning, tune, extend) == [('lr', 0.1, ['c']), ('lr', 10, ['a'])]
+    assert compare.edges({'a': {'point': {'lr': 1, 'init': 1}}}, tune, extend) == []
+
+
+def test_tuning_extends_the_grid_until_no_choice_lies_on_an_edge(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny = dataclasses.replace(compare.PROTOCOLS['offline-tiny'], tune={'lr': (1, 3)},
+                               extend={'lr': (0.3, 1, 3)})
+    monkeypatch.setitem(compare.PROTOCOLS, 'offline-tiny', tiny)
+    compare.main(['--protocol', 'offline-tiny', '--tag', 'e', '--methods', 'lp,lorvp', '--seeds', '0', *TINY])
+    saved = results(tmp_path, 'offline-tiny-e')
+    lrs = {arm: sorted(float(c.split('x')[1]) for c in t['tried']) for arm, t in saved['tuning'].items()}
+    assert lrs['lp'] == lrs['lorvp']  # the same grid for every arm, extended or not
+    final = {'lr': tuple(lrs['lp'])}
+    assert compare.edges(saved['tuning'], final, tiny.extend) == []  # no choice left on an extendable edge
+    assert bool(saved['grid_notes']) == (0.3 in lrs['lp'])  # an extension is said
+
+
+def test_the_cost_columns_come_from_bench_once_per_arm(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    calls, measure = [], compare.bench.measure
+    monkeypatch.setattr(compare.bench, 'measure', lambda argvs, reps: calls.append(sorted(argvs)) or
+                        measure(argvs, reps))
+    args = ['--protocol', 'offline-cifar10', '--tag', 'c', '--seeds', '0', *TINY[:-2], '--bench-reps', '1',
+            '--no-tune']
+    compare.main([*args, '--methods', 'lp,lorvp'])
+    compare.main([*args, '--methods', 'lp'])  # measured before, with these settings: not again
+    assert calls == [['lorvp', 'lp']]
+    saved = results(tmp_path, 'offline-cifar10-c')
+    cost = saved['bench']['lorvp']
+    line = next(line for line in (tmp_path / 'results' / 'offline-cifar10-c.md').read_text().splitlines()
+                if line.startswith('| lorvp |'))
+    cells = [c.strip() for c in line.strip('|').split('|')]
+    assert cells[-2:] == [f'{cost["memory_mb"]:.1f}', f'{cost["memory_ratio"]:.3f}']
+    assert cells[-4] == f'{cost["step_ratio"]:.3f}' and cost['trainable'] == saved['rows'][1]['params']

@@ -273,3 +273,25 @@ def test_lotep_input_prompt_option_counts():
     assert isinstance(model.prompt, lotep.PixelPrompt) and sum(p.numel() for p in model.prompt.parameters()) == \
         6 * (3 + SIZE + SIZE)
     assert isinstance(make('lorsp')[1].prompt, lorsp.LoRSP)
+
+
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_channels_last_is_a_memory_order_not_other_maths(method):
+    """--channels-last stores the backbone's weights and input channels-last (faster convolutions); the same
+    parameters give the same outputs, to float rounding, for every method (deep prompts' hooks included)."""
+    model_name = 'test_vit' if method == 'vpt_deep' else 'test_efficientnet'
+    _, plain = make(method, model=model_name)
+    _, cl = make(method, '--channels-last', model=model_name)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in plain.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.05)
+    cl.load_state_dict(plain.state_dict())  # the same values, each in its own memory order
+    convs = [m.weight for m in cl.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    x, y = batch()
+    start_epoch(plain, x, y)
+    start_epoch(cl, x, y)
+    with torch.no_grad():
+        assert torch.allclose(plain.eval()(x), cl.eval()(x), atol=1e-5), method

@@ -3,6 +3,7 @@ resume is exact (optimizer state included), a run directory has one owner, and e
 clear message with nothing lost and no NaN written."""
 import fcntl
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import data
 import train
 from conftest import ROOT, SHARED_DATA, needs_cifar10, needs_lite0, state_equal
 from flags import parse
-from methods import build
+from methods import METHODS, build
 
 SYNTH = ['--model', 'test_vit', '--no-pretrained', '--dataset', 'synthetic', '--img-size', '32', '--batch-size', '32',
          '--precision', 'fp32']
@@ -311,7 +312,8 @@ def test_cli_offline_resnet18_is_one_message_not_a_traceback(tmp_path, offline_e
 
 
 def test_torchrun_on_two_cpu_processes_equals_one_process(tmp_path):
-    """gloo data parallelism: the same global batch gives the same accuracy and the same trained prompt."""
+    """DDP over gloo: the same global batch gives the same accuracy (exactly: validation and test) and the same trained
+    prompt to atol 1e-5 (the processes' gradients are averaged in another order of summation than one process's)."""
     args = [*SYNTH, '--method', 'lorvp', '--epochs', '2', '--train-per-class', '10', '--batch-size', '16', '--lr',
             '0.05', '--val-split', '0.2']
     one = train.main([*args, '--out', str(tmp_path / 'one')])
@@ -336,3 +338,66 @@ def test_lp_with_the_offline_imagenet_weights_is_well_above_chance(tmp_path):
                     SHARED_DATA, '--train-per-class', '50', '--test-limit', '500', '--img-size', '96', '--epochs',
                     '2', '--batch-size', '32', '--out', str(tmp_path / 'r')])
     assert s['test_acc'] > 60 and s['model'] == 'tf_efficientnet_lite0.in1k'
+
+
+# ---- the saved model is the trained model ----
+
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_every_methods_prompt_file_reproduces_its_runs_test_accuracy(tmp_path, method):
+    """train.py with every flag at its default but the data and model sizes; then predict.py --dataset on the run's
+    prompt file, and the file's tensors against the last epoch's checkpoint. A BatchNorm backbone (test_resnet; a ViT
+    for vpt_deep), so that anything that runs the model in train mode between the last epoch and the saving (a speed
+    bench once did, for ft: its BatchNorm statistics took the timing batches) changes the saved file."""
+    import predict
+    from serve import read_prompt
+    model = 'test_vit' if method == 'vpt_deep' else 'test_resnet'
+    s = train.main(['--method', method, '--model', model, '--no-pretrained', '--dataset', 'synthetic', '--img-size',
+                    '32', '--epochs', '1', '--train-per-class', '20', '--out', str(tmp_path / 'r')])
+    acc = predict.main(['--prompt', str(tmp_path / 'r' / 'prompt.safetensors'), '--dataset', 'synthetic'])
+    assert acc == s['test_acc'], method
+    saved, _ = read_prompt(str(tmp_path / 'r' / 'prompt.safetensors'))
+    trained = torch.load(tmp_path / 'r' / 'checkpoint.pt', weights_only=False)['model']
+    assert state_equal(saved, {k: v.cpu() for k, v in trained.items()}), method
+
+
+# ---- divergence without a NaN ----
+
+def test_the_explode_rule_on_both_sides_of_its_line():
+    """A window's mean loss above 10 ln K stops the run; at or below it the run goes on (a fresh head starts near
+    ln K = 2.30 for K = 10 and falls; the line is at 23.0)."""
+    line = 10 * math.log(10)
+    for healthy in (math.log(10), 5.0, line - 0.01):
+        train.check_loss(healthy, 10, 0, 1, 10)
+    for broken, fragment in ((line + 0.01, 'exploded'), (float('nan'), 'nan'), (float('inf'), 'inf')):
+        with pytest.raises(train.Diverged, match=fragment):
+            train.check_loss(broken, 10, 1, 11, 20)
+
+
+def test_a_loss_that_explodes_without_becoming_nan_stops_the_run(tmp_path, capsys):
+    """LoR-VP at 1,500 times its lr: the loss reaches about 1,000 (finite) in its first steps; the run ends with the
+    message, exit 3, no summary, as for a NaN."""
+    fails(capsys, [*SYNTH, '--method', 'lorvp', '--lr', '30', '--epochs', '2', '--out', str(tmp_path / 'r')],
+          'exploded', 'ln K', 'epoch 1, steps 1-10', '--lr', code=3)
+    assert not (tmp_path / 'r' / 'summary.json').exists()
+
+
+# ---- several processes: legal on NCCL ----
+
+def test_a_cuda_run_creates_a_group_where_cpu_tensors_have_a_backend_too(monkeypatch):
+    """NCCL serves CUDA tensors only; set-up's check and any CPU tensor need gloo beside it. CUDA is faked here: the
+    group's creation is recorded, not made."""
+    import distributed
+    made = {}
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setenv('LOCAL_RANK', '1')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'set_device', lambda device: made.setdefault('set_device', device))
+    monkeypatch.setattr(distributed.dist, 'is_initialized', lambda: False)
+    monkeypatch.setattr(distributed.dist, 'init_process_group',
+                        lambda backend, **kw: made.update(backend=backend, **kw))
+    assert distributed.init('auto') == 'cuda:1'
+    assert sorted(made['backend'].split(',')) == ['cpu:gloo', 'cuda:nccl']  # 'nccl' alone serves CUDA tensors only
+    assert made['set_device'] == torch.device('cuda', 1) == made['device_id']
+    made.clear()
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert distributed.init('auto') == 'auto' and made['backend'] == 'gloo'  # the CPU: gloo for everything

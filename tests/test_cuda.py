@@ -1,0 +1,109 @@
+"""The GPU path, run on a GPU: every method trains in bf16 at 224 px with its frozen backbone untouched, a killed run
+resumes, predict.py reproduces a run's test accuracy, torchrun sets up its NCCL group, and each method's peak memory is
+recorded. Skipped without CUDA.
+
+    python -m pytest -q tests/test_cuda.py                               # on a machine with a GPU
+    VP_CUDA_TEST_DEVICE=cpu python -m pytest -q tests/test_cuda.py       # a dry run of the same code on the CPU
+                                                                         # (32 px, gloo), to check the test itself
+
+VP_CUDA_REPORT=path.json writes the peak memory per method there as well as printing it.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import bench
+import predict
+import train
+from conftest import ROOT
+from flags import parse
+from methods import METHODS, build
+
+DRY = os.environ.get('VP_CUDA_TEST_DEVICE') == 'cpu'
+DEVICE = 'cpu' if DRY else 'cuda'
+SIZE = 32 if DRY else 224
+pytestmark = pytest.mark.skipif(not DRY and not torch.cuda.is_available(), reason='needs a CUDA GPU')
+RUN = ['--model', 'resnet18', '--no-pretrained', '--dataset', 'synthetic', '--img-size', str(SIZE), '--device',
+       DEVICE, '--precision', 'bf16', '--train-per-class', '6', '--batch-size', '32']
+MEMORY = {}
+
+
+def model_of(method):
+    return 'vit_small_patch16_224' if method == 'vpt_deep' else 'resnet18'
+
+
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_every_method_trains_two_steps_in_bf16_with_its_backbone_untouched(method):
+    a = train.resolve(parse(['--method', method, *RUN, '--model', model_of(method)]))
+    model = build(a)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith('backbone.') and k not in trainable
+              and not a.method == 'ft'}
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 3, SIZE, SIZE, generator=g).to(a.device)
+    y = torch.randint(0, 10, (8,), generator=g).to(a.device)
+    train.update_label_maps(model, [(x, y)], 0)
+    opt = train.make_optimizer(a, model)
+    if a.device.startswith('cuda'):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(2):
+        bench.train_step(a, model, x, y, opt=opt)
+    if a.device.startswith('cuda'):
+        MEMORY[method] = torch.cuda.max_memory_allocated() / 2 ** 20
+    assert all(torch.isfinite(p).all() for p in model.parameters()), method
+    model.eval()
+    with torch.no_grad(), train.autocast(a):
+        assert torch.isfinite(model(x)).all(), method
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in frozen.items()), method  # BatchNorm statistics included
+    assert next(model.parameters()).device.type == DEVICE
+
+
+def test_record_peak_memory_per_method():
+    if not MEMORY:
+        pytest.skip('no CUDA peak memory on the CPU dry run')
+    print('\npeak CUDA memory of two training steps (MB, batch 8, bf16, %d px):' % SIZE)
+    for method, mb in sorted(MEMORY.items()):
+        print(f'  {method:<15} {mb:8.1f}')
+    if os.environ.get('VP_CUDA_REPORT'):
+        with open(os.environ['VP_CUDA_REPORT'], 'w') as f:
+            json.dump(dict(device=torch.cuda.get_device_name(), img_size=SIZE, batch=8, peak_mb=MEMORY), f, indent=1)
+
+
+def test_a_killed_run_resumes_and_predict_reproduces_its_accuracy(tmp_path, monkeypatch):
+    args = [*RUN, '--method', 'lotep_cp', '--epochs', '2', '--lr', '0.05']
+    whole = train.main([*args, '--out', str(tmp_path / 'whole')])
+    original = train.Progress.update
+
+    def killed_in_epoch_2(self, i, *rest):
+        if self.label.startswith('epoch 2'):
+            raise KeyboardInterrupt
+        return original(self, i, *rest)
+    monkeypatch.setattr(train.Progress, 'update', killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train.main([*args, '--out', str(tmp_path / 'killed')])
+    monkeypatch.setattr(train.Progress, 'update', original)
+    resumed = train.main(['--resume', '--out', str(tmp_path / 'killed')])
+    assert resumed['epochs'] == 2 and len((tmp_path / 'killed' / 'metrics.jsonl').read_text().splitlines()) == 2
+    a = torch.load(tmp_path / 'whole' / 'checkpoint.pt', weights_only=False, map_location='cpu')['model']
+    b = torch.load(tmp_path / 'killed' / 'checkpoint.pt', weights_only=False, map_location='cpu')['model']
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)  # GPU kernels may not be bitwise
+    acc = predict.main(['--prompt', str(tmp_path / 'whole' / 'prompt.safetensors'), '--dataset', 'synthetic',
+                        '--device', DEVICE])
+    assert acc == whole['test_acc']  # the same device and precision: the same evaluation
+
+
+def test_torchrun_sets_up_its_group_and_trains_through_it(tmp_path):
+    """One process still creates the real group (NCCL for CUDA tensors, gloo beside it for CPU ones) and trains
+    through DDP."""
+    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '1', '--master_port',
+                        '29531', os.path.join(ROOT, 'train.py'), *RUN, '--method', 'lorvp', '--epochs', '1',
+                        '--out', str(tmp_path / 'r')], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    s = json.loads((tmp_path / 'r' / 'summary.json').read_text())
+    assert s['processes'] == 1 and ('gloo' if DRY else 'nccl') in s['backend']

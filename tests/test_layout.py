@@ -1,0 +1,67 @@
+"""The codebase's shape: no module imports one that imports it back (directly or through others), and the method
+modules a reader copies hold the method alone: no data parallelism in them."""
+import ast
+import os
+
+from conftest import ROOT
+
+METHOD_MODULES = ('lotep', 'lorsp', 'grouped_vp', 'baselines', 'backbones')
+
+
+def project_imports():
+    """module -> the project's modules it imports (anywhere in the file: a function's import counts too)."""
+    files = [f for f in os.listdir(ROOT) if f.endswith('.py')] + \
+        [os.path.join('theory', f) for f in os.listdir(os.path.join(ROOT, 'theory')) if f.endswith('.py')]
+    mine = {os.path.basename(f)[:-3] for f in files}
+    graph = {}
+    for f in files:
+        tree = ast.parse(open(os.path.join(ROOT, f)).read())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split('.')[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split('.')[0])
+            elif isinstance(node, ast.Call) and getattr(node.func, 'id', None) == '__import__' and node.args and \
+                    isinstance(node.args[0], ast.Constant):
+                names.add(str(node.args[0].value).split('.')[0])
+        graph[os.path.basename(f)[:-3]] = sorted((names & mine) - {os.path.basename(f)[:-3]})
+    return graph
+
+
+def cycle(graph):
+    """A cycle of imports as a list of modules, or None (depth-first search, three colours)."""
+    state, path = {}, []
+
+    def visit(m):
+        state[m] = 'open'
+        path.append(m)
+        for n in graph.get(m, ()):
+            if state.get(n) == 'open':
+                return path[path.index(n):] + [n]
+            if n not in state:
+                found = visit(n)
+                if found:
+                    return found
+        state[m] = 'done'
+        path.pop()
+        return None
+    for m in sorted(graph):
+        if m not in state:
+            found = visit(m)
+            if found:
+                return found
+    return None
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    graph = project_imports()
+    assert {'train', 'bench', 'serve', 'compare', 'methods'} <= set(graph)
+    assert cycle(graph) is None, ' -> '.join(cycle(graph))
+    assert cycle({'train': ['bench'], 'bench': ['serve'], 'serve': ['train']}) == ['bench', 'serve', 'train', 'bench']
+
+
+def test_the_method_modules_hold_no_data_parallelism():
+    for name in METHOD_MODULES:
+        text = open(os.path.join(ROOT, f'{name}.py')).read()
+        assert 'torch.distributed' not in text and 'import distributed' not in text, name
