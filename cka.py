@@ -55,6 +55,21 @@ def block_grams(model, images, batch_size=32):
     return grams
 
 
+def check_out(out, a):
+    """cka.md / .json / .png are written only where they are new, or where the same comparison made them."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise train.UsageError(f'--out {out}: is a file, not a folder')
+    record = os.path.join(out, 'cka.json')
+    if os.path.exists(record):
+        with open(record) as f:
+            made = json.load(f)
+        if (made.get('run'), made.get('ft'), made.get('images')) != (a.run, a.ft, a.images):
+            raise train.UsageError(f'{record} holds another comparison ({made.get("run")}, --ft {made.get("ft")}, '
+                                   f'{made.get("images")} images); give --out another folder')
+    elif any(os.path.exists(os.path.join(out, f)) for f in ('cka.md', 'cka.png')):
+        raise train.UsageError(f'{out} holds a cka.md or cka.png that cka.py did not record; give --out another folder')
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('run', help='a finished train.py run directory')
@@ -62,7 +77,9 @@ def main(argv=None):
     p.add_argument('--images', type=POS_INT, default=256, help='test images to compute CKA on')
     p.add_argument('--out', help='where to write cka.md, .json and .png (default: the run directory)')
     a = p.parse_args(argv)
+    out = a.out or a.run
     try:
+        check_out(out, a)
         run_args, model = train.load_run(a.run)
         _, base = train.load_run(a.run, base=True)
         ft_args, ft = train.load_run(a.ft) if a.ft else (None, None)
@@ -84,7 +101,6 @@ def main(argv=None):
                      'cka_base_ft': linear_cka(grams['base'][i], grams['ft'][i])} if ft is not None else {}))
             for i in range(len(grams['model']))]
 
-    out = a.out or a.run
     os.makedirs(out, exist_ok=True)
     label = f'{run_args.method} on {run_args.model}, {run_args.dataset}, {len(images)} test images'
     lines = [f'# Linear CKA per block: {label}', '', '| block | CKA(model, base) |' +

@@ -17,7 +17,10 @@ A separate script rather than a mode of train.py: train.py stays one run; this f
 runs, and aggregates their summary.json files.
 """
 import argparse
+import contextlib
 import ctypes
+import fcntl
+import io
 import json
 import math
 import os
@@ -77,24 +80,39 @@ class Job:
     result: dict = None  # the summary (+ wall_s), {'diverged': True, ...} or {'failed': why, 'log': path}
 
 
+BUSY = 'busy'  # start(): another process is running this run now
+
+
 def start(job, threads, gpu, report=False):
-    """Launch one train.py (or read back a finished run); returns a Popen, or None when there is nothing to run.
-    report: launch nothing; a run not finished is marked pending."""
+    """Launch one train.py (or read back a finished run); returns a Popen, None when there is nothing to run, or BUSY
+    when another process runs it now (run_all waits for it). report: launch nothing; a run not finished is pending."""
     config = read_json(os.path.join(job.out, 'config.json')) or {}
     made_by = config.get('command')
     if made_by is not None and made_by != 'python train.py ' + ' '.join(job.argv):
         raise SystemExit(f'error: {job.out} holds a run made with other settings ({made_by}); remove it, or give '
                          f'this comparison another --tag or --runs-dir')
-    if RunDir(job.out).in_use():
-        job.result = {'pending': 'running now'} if report else \
-            {'failed': 'another process is running it now', 'log': job.out + '.log'}
-        return None
+    os.makedirs(os.path.dirname(job.out) or '.', exist_ok=True)
+    guard = open(job.out + '.launch', 'a')  # held while this comparison runs it: another comparison waits
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        guard.close()
+        guard = None
+    if guard is None or RunDir(job.out).in_use():  # another comparison, or a train.py of its own, runs it now
+        if guard is not None:
+            guard.close()
+        if report:
+            job.result = {'pending': 'running now'}
+            return None
+        return BUSY
     if os.path.exists(os.path.join(job.out, 'summary.json')):
+        guard.close()
         job.result = {**read_json(os.path.join(job.out, 'summary.json')),
                       'wall_s': read_json(job.out + '.wall.json', {}).get('wall_s')}
         print(f'{job.label}: done before, read back', flush=True)
         return None
     if report:
+        guard.close()
         job.result = {'pending': 'not finished'}
         return None
     resume = made_by is not None and os.path.exists(os.path.join(job.out, 'checkpoint.pt'))
@@ -103,15 +121,15 @@ def start(job, threads, gpu, report=False):
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads)}
     if gpu is not None:
         env['CUDA_VISIBLE_DEVICES'] = str(gpu)
-    os.makedirs(os.path.dirname(job.out) or '.', exist_ok=True)
     log = open(job.out + '.log', 'a')  # beside the run directory, which belongs to train.py
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
-    proc.log, proc.t0 = log, time.time()
+    proc.log, proc.guard, proc.t0 = log, guard, time.time()
     return proc
 
 
 def finish(job, proc):
     proc.log.close()
+    proc.guard.close()  # closing the file releases its lock
     wall_path = job.out + '.wall.json'
     wall_s = read_json(wall_path, {'wall_s': 0.0})['wall_s'] + time.time() - proc.t0  # summed over resumed sessions
     with open(wall_path, 'w') as f:
@@ -119,7 +137,7 @@ def finish(job, proc):
     log = job.out + '.log'
     if proc.returncode == 0:
         job.result = {**read_json(os.path.join(job.out, 'summary.json')), 'wall_s': wall_s}
-    elif proc.returncode == 3 and 'training loss became' in open(log).read():
+    elif proc.returncode == 3 and 'error: the training loss' in open(log).read():  # NaN, or exploded
         job.result = {'diverged': True, 'log': log}  # a result of its settings, not a failure of the comparison
     else:
         job.result = {'failed': f'exit {proc.returncode}', 'log': log}
@@ -129,15 +147,25 @@ def finish(job, proc):
 def run_all(jobs, n, report=False):
     """Runs the jobs, n side by side (one GPU each when there are several GPUs; else the CPU threads split)."""
     gpus, threads = torch.cuda.device_count(), max(1, (os.cpu_count() or 1) // n)
-    pending, running, free = list(jobs), {}, list(range(n))
+    pending, running, free, waiting = list(jobs), {}, list(range(n)), set()
     while pending or running:
+        busy = []
         while pending and free:
             job, slot = pending.pop(0), free.pop(0)
             proc = start(job, threads, slot % gpus if gpus > 1 else None, report)
-            if proc is None:
+            if proc is BUSY:  # another process (another comparison) runs it: wait, then read it back
+                if job.out not in waiting:
+                    print(f'{job.label}: another process is running it; waiting for it', flush=True)
+                    waiting.add(job.out)
+                busy.append(job)
+                free.append(slot)
+            elif proc is None:
                 free.append(slot)
             else:
                 running[slot] = (job, proc)
+        pending += busy
+        if busy and len(busy) == len(pending) and not running:
+            time.sleep(2.0)
         for slot, (job, proc) in list(running.items()):
             if proc.poll() is not None:
                 finish(job, proc)
@@ -502,8 +530,10 @@ def main(argv=None):
         p.error(f'{", ".join(flag(k) for k in changed) or "--extra / --tune-lr / --no-tune"} changes the '
                 f'{a.protocol} protocol: add --tag NAME so that its results do not pass for the protocol\'s')
     settings.update(changed)
-    arms = a.methods.split(',') if a.methods else list(protocol.arms)
+    arms = [m for m in a.methods.split(',') if m] if a.methods is not None else list(protocol.arms)
     unknown = [m for m in arms if m not in protocol.arms and m not in METHODS]
+    if not arms:
+        p.error('--methods is empty; give a comma list of arms (default: all of the protocol\'s)')
     if unknown:
         p.error(f'unknown arm(s) {unknown}; this protocol has {", ".join(protocol.arms)}')
     arm_flags = {arm: protocol.arms.get(arm, ['--method', arm]) for arm in arms}
@@ -516,7 +546,11 @@ def main(argv=None):
     arm_seeds = {arm: given_seeds or list(protocol.seeds_of(arm)) for arm in arms}
     name = a.protocol + (f'-{a.tag}' if a.tag else '')
     runs_dir = a.runs_dir or os.path.join('runs', name)
+    if os.path.exists(runs_dir) and not os.path.isdir(runs_dir):
+        p.error(f'--runs-dir {runs_dir}: is a file, not a folder')
     extra = a.extra.split()
+    for arm in arms:  # every arm's train.py flags, checked now rather than refused one by one after hours of runs
+        check_flags(arm, train_argv(settings, arm_flags[arm] + list(protocol.final_flags), 0, 'unused', extra))
     try:
         same_settings(name, results.read(name), settings, extra)
     except results.ResultsError as e:
@@ -584,6 +618,19 @@ def main(argv=None):
                                            for j in failed), file=sys.stderr)
         raise SystemExit(1)
     return rows
+
+
+def check_flags(arm, argv):
+    """The flags of an arm's runs as train.py will read them: a value it refuses stops the comparison here."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            train.resolve(parse(argv))
+    except SystemExit:
+        raise SystemExit(f'error: arm {arm}: train.py refuses its flags: {err.getvalue().strip().splitlines()[-1]}') \
+            from None
+    except train.SETUP_ERRORS as e:
+        raise SystemExit(f'error: arm {arm}: {e}') from None
 
 
 def same_settings(name, previous, settings, extra):

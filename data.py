@@ -303,6 +303,9 @@ def load(name, *, data_dir, img_size, seed, train_per_class=None, test_limit=Non
             n_val = min(max(n_val, 1), len(idx) - 1)
         val_idx += idx[:n_val].tolist()
         train_idx += idx[n_val:].tolist()
+    if val_split and not val_idx:
+        raise DataError(f'--val-split {val_split} holds out no image: no class has 2 training images to split '
+                        f'(--train-per-class {train_per_class}); give more training images, or no --val-split')
     test_idx = list(range(len(test)))[:test_limit]
     for source, indices in ((train, train_idx + val_idx), (test, test_idx)):
         if isinstance(source, FileImages):  # every image the run will use is an image: an error now, not in epoch 2

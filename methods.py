@@ -231,10 +231,22 @@ def trainable_state(model):
     return {k: v for k, v in model.state_dict().items() if k in keep or not k.startswith('backbone.')}
 
 
-def load_state(model, state):
-    """Loads a run's trainable state into a model made by build() (the frozen backbone is not in it)."""
-    result = model.load_state_dict(state, strict=False)
-    assert not result.unexpected_keys, result.unexpected_keys
+class StateError(Exception):
+    """A saved state (checkpoint, prompt file) that does not fit the model it is loaded into; the message names it."""
+
+
+def load_state(model, state, *, source):
+    """Loads a run's trainable state into a model made by build() (the frozen backbone is not in it): every trainable
+    tensor must be there, with its shape, and nothing else; else a StateError naming the source."""
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that differ
+        raise StateError(f'{source}: its tensors do not fit this {type(model.prompt).__name__} model '
+                         f'({str(e).strip().splitlines()[-1].strip()[:200]})') from None
+    if result.unexpected_keys or trained - set(state):
+        raise StateError(f'{source}: holds the state of another model (missing {sorted(trained - set(state))[:3]}, '
+                         f'unexpected {result.unexpected_keys[:3]}); is it from another method\'s run?')
 
 
 def autocast(a):

@@ -83,6 +83,10 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.out and not a.out.endswith(('.csv', '.json')):
         p.error(f'--out {a.out}: write .csv or .json')
+    if a.out and os.path.exists(a.out):  # never replace a file this run did not make
+        p.error(f'--out {a.out}: exists; remove it first, or give another file')
+    if a.out and not os.path.isdir(os.path.dirname(os.path.abspath(a.out))):
+        p.error(f'--out {a.out}: its folder does not exist')
     if (a.dataset is None) == (not a.inputs):
         p.error('give images (files or folders) or --dataset, one of the two')
     try:

@@ -1,7 +1,7 @@
 """A run directory: one owner at a time, files written whole or not at all, damage reported by name.
 
     run = RunDir('runs/x')
-    run.claim(resume=False)              # refuses a file, a foreign folder, a finished run, a directory in use
+    run.claim(resume=False)              # refuses a file, a foreign folder, a run with records, a directory in use
     run.write_json('config.json', {...}) # strict JSON (no NaN), written to a temporary file and renamed into place
     run.save_checkpoint({...})           # the previous checkpoint survives a failed write (a full disk)
 
@@ -53,14 +53,14 @@ class RunDir:
         except OSError:
             raise RunDirError(f'--out {self.path}: another process is running this run now; wait for it, or stop '
                               f'it first') from None
-        if not resume and self.exists('checkpoint.pt'):
+        recorded = [n for n in ('summary.json', 'checkpoint.pt', 'metrics.jsonl')
+                    if self.exists(n) and os.path.getsize(self.file(n)) > 0]
+        if not resume and recorded:  # a finished epoch or a summary is never cleared, even if its checkpoint is gone
             self.release()
-            raise RunDirError(f'--out {self.path}: already holds a run; continue it with --resume, or choose '
-                              f'another --out')
-        if not resume:  # a run that failed before its first epoch: a fresh start replaces what it wrote
-            for name in ('config.json', 'metrics.jsonl', 'summary.json'):
-                if self.exists(name):
-                    os.remove(self.file(name))
+            raise RunDirError(f'--out {self.path}: already holds a run ({", ".join(recorded)}); continue it with '
+                              f'--resume, or choose another --out')
+        # Else the directory holds nothing or the config.json of a run that stopped before its first epoch: set-up
+        # writes its own config.json once it has succeeded, and deletes nothing.
 
     def release(self):
         if self._lock is not None:
@@ -94,10 +94,13 @@ class RunDir:
         try:
             write(tmp)
             os.replace(tmp, self.file(name))
-        except OSError as e:
+        except (OSError, RuntimeError) as e:  # torch.save reports a failed write (a full disk) as a RuntimeError
+            if isinstance(e, RuntimeError) and not any(w in str(e) for w in ('inline_container', 'write', 'Write')):
+                raise  # not a write that failed (its zip container's writer): a bug keeps its traceback
             if os.path.exists(tmp):
-                os.remove(tmp)
-            raise RunDirError(f'could not write {self.file(name)} ({e.strerror}); the previous {name}, if any, is '
+                os.remove(tmp)  # a partial file would keep the disk full
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:160]
+            raise RunDirError(f'could not write {self.file(name)} ({why}); the previous {name}, if any, is '
                               f'unchanged') from None
 
     def write_json(self, name, obj):

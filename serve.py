@@ -24,9 +24,10 @@ import torch.nn as nn
 import lotep
 from backbones import create, normalizer
 from flags import resolve, saved_args
-from methods import build, trainable_state
+from methods import StateError, build, load_state, trainable_state
 
 FORMAT = 'visual-prompt/1'
+HEADER = ('method', 'model', 'weights', 'img_size', 'classes', 'mean', 'std', 'dataset', 'weights_sha256', 'args')
 SHARE_NOTHING = {'ft': 'fine-tunes the backbone', 'lora': 'adapts the backbone\'s weights',
                  'vpt_deep': 'inserts tokens into the backbone\'s sequence'}
 
@@ -63,6 +64,9 @@ def read_prompt(path):
     if meta.get('format') != FORMAT:
         raise PromptFileError(f'--prompt {path}: a safetensors file, but not a prompt file of this codebase (its '
                               f'header has no format {FORMAT!r}); train.py writes them as prompt.safetensors')
+    missing = [k for k in HEADER if k not in meta]
+    if missing:
+        raise PromptFileError(f'--prompt {path}: a damaged prompt file: its header lacks {", ".join(missing)}')
     return state, meta
 
 
@@ -72,13 +76,19 @@ def load_task(path, *, device='cpu'):
     state, meta = read_prompt(path)
     a = saved_args(meta['args'])
     a.device, a.resume, a.compile, a.save_prompts = device, False, False, 0
+    disagree = [f'{k} {meta[k]!r} in the header, {getattr(a, k)!r} in its arguments' for k in ('method', 'img_size')
+                if meta[k] != getattr(a, k)]
+    if disagree:
+        raise PromptFileError(f'--prompt {path}: its header disagrees with itself ({"; ".join(disagree)})')
     model = build(resolve(a))
     check_backbone(model, meta, path)
-    result = model.load_state_dict(state, strict=False)
-    trained = {n for n, p in model.named_parameters() if p.requires_grad}
-    if result.unexpected_keys or trained - set(state):
-        raise PromptFileError(f'--prompt {path}: its tensors do not fit the {a.method} model it describes '
-                              f'(missing {sorted(trained - set(state))[:3]}, unexpected {result.unexpected_keys[:3]})')
+    K = model.head.out_features if hasattr(model.head, 'out_features') else model.head.num_classes
+    if len(meta['classes']) != K:
+        raise PromptFileError(f'--prompt {path}: its header names {len(meta["classes"])} classes, its model has {K}')
+    try:
+        load_state(model, state, source=f'--prompt {path}')
+    except StateError as e:
+        raise PromptFileError(str(e)) from None
     return a, model.eval(), meta
 
 

@@ -27,7 +27,7 @@ import distributed
 import lorsp
 from distributed import GlobalBatches, all_reduce, share, world
 from flags import RESUMABLE, UsageError, given_flags, parse, resolve, saved_args
-from methods import BuildError, autocast, build, load_state, trainable_state
+from methods import BuildError, StateError, autocast, build, load_state, trainable_state
 from rundir import RunDir, RunDirError
 from serve import save_prompt
 
@@ -177,8 +177,7 @@ def train(a, model, splits, run, ckpt=None):
     rank, size = world()
     opt = make_optimizer(a, model)
     history, start, train_time, images_seen = [], 0, 0.0, 0
-    if ckpt is not None:
-        load_state(model, ckpt['model'])
+    if ckpt is not None:  # set-up loaded its model state
         opt.load_state_dict(ckpt['optimizer'])
         history, train_time, images_seen = ckpt['history'], ckpt['train_time_s'], ckpt['images_seen']
         start = len(history)
@@ -279,10 +278,9 @@ def setup(a, argv, rank):
         elif a.resume and run.read_metrics():
             raise RunDirError(f'{run.file("metrics.jsonl")} records epochs but {run.file("checkpoint.pt")} is '
                               f'missing: the run cannot continue from it')
-        if rank == 0 and not a.resume:
-            run.write_json('config.json', dict(args=vars(a), command='python train.py ' + ' '.join(argv),
-                                               torch=torch.__version__, timm=__import__('timm').__version__))
         model = build(a)  # model errors before data loading
+        if ckpt is not None:
+            load_state(model, ckpt['model'], source=run.file('checkpoint.pt'))
         if a.save_prompts and not isinstance(model.prompt, lorsp.LoRSP):
             raise UsageError('--save-prompts draws LoRSP prompts and factors; use it with a lorsp method')
         if a.no_test and not a.val_split:
@@ -292,13 +290,16 @@ def setup(a, argv, rank):
             raise UsageError('--compile compiles the LoRSP prompt; the other methods have nothing it would speed up')
         splits = data.load(a.dataset, data_dir=a.data_dir, img_size=a.img_size, seed=a.seed,
                            train_per_class=a.train_per_class, test_limit=a.test_limit, val_split=a.val_split)
+        if rank == 0 and not a.resume:  # written once set-up has succeeded: a failed set-up changes nothing
+            run.write_json('config.json', dict(args=vars(a), command='python train.py ' + ' '.join(argv),
+                                               torch=torch.__version__, timm=__import__('timm').__version__))
     except BaseException:
         run.abandon() if not a.resume else run.release()
         raise
     return a, run, model, splits, ckpt
 
 
-SETUP_ERRORS = (UsageError, BuildError, data.DataError, backbones.BackboneError, RunDirError)
+SETUP_ERRORS = (UsageError, BuildError, data.DataError, backbones.BackboneError, RunDirError, StateError)
 
 
 def load_run(path, *, device='cpu', base=False):
@@ -313,7 +314,7 @@ def load_run(path, *, device='cpu', base=False):
         a.method, a.label_map, a.save_prompts, a.compile = 'lp', 'lp', 0, False
     model = build(resolve(a))  # seeded as train.py built it: the same backbone and head init
     if not base:
-        load_state(model, run.load_checkpoint(device)['model'])
+        load_state(model, run.load_checkpoint(device)['model'], source=run.file('checkpoint.pt'))
     return a, model.eval()
 
 

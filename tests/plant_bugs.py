@@ -72,10 +72,41 @@ BUGS = {
                                             'p.sub_(p.grad / (p.grad.norm() + 1e-12)', 'tests/test_baselines.py'),
     'resume forgets the optimizer': ('train.py', "        opt.load_state_dict(ckpt['optimizer'])\n", '',
                                      'tests/test_train.py'),
-    'torchrun gradients not summed': ('train.py', '            sum_gradients(model)\n', '', 'tests/test_train.py'),
+    'torchrun loss not scaled by the processes': ('train.py', '            loss = batch_loss * size / global_n\n',
+                                                  '            loss = batch_loss / global_n\n',
+                                                  'tests/test_train.py -k torchrun'),
+    'label-map counts not summed over processes': (
+        'train.py', 'm.set_mapping(distributed.reduce_(m.count_sources(model, batches)))',
+        'm.set_mapping(m.count_sources(model, batches))', 'tests/test_train.py -k torchrun'),
+    'evp canvas gradient not averaged': ('train.py', 'distributed.reduce_(opt.prompt.canvas_grad, mean=True)',
+                                         'opt.prompt.canvas_grad.mul_(1)', 'tests/test_train.py -k torchrun'),
+    'nccl group only': ('distributed.py', "return 'cpu:gloo,cuda:nccl' if cuda else 'gloo'",
+                        "return 'nccl' if cuda else 'gloo'", 'tests/test_train.py -k group'),
+    'bench before saving the prompt file': (
+        'train.py', "    summary['prompt_file'] = save_prompt(",
+        "    __import__('bench').train_step(a, model, torch.rand(4, 3, a.img_size, a.img_size, device=a.device), "
+        "torch.zeros(4, dtype=torch.long, device=a.device))\n    summary['prompt_file'] = save_prompt(",
+        'tests/test_train.py -k prompt_file'),
+    'deep prompt hook keeps a batch-sized tensor': (
+        'lotep.py', 'return (x + self.prompts.prompt(self.l).to(x.dtype),)',
+        'return (x + self.prompts.prompt(self.l).to(x.dtype) * torch.ones_like(x),)', 'tests/test_bench.py'),
+    'memory counts a storage twice': ('bench.py', 'saved[storage.data_ptr()] = storage.nbytes()',
+                                      'saved[id(t)] = storage.nbytes()', 'tests/test_bench.py'),
+    'bench table replaced, not merged': ('bench.py',
+                                         "merged = {r['method']: r for r in (previous or {}).get('rows', [])}",
+                                         'merged = {}', 'tests/test_bench.py'),
+    'explode rule off': ('train.py', '    elif window_loss > EXPLODED * math.log(K):', '    elif False:',
+                         'tests/test_train.py -k explode'),
+    'holm not applied': ('compare.py', 'running = max(running, min(1.0, (len(tested) - rank) * p))', 'running = p',
+                         'tests/test_compare.py -k holm'),
+    'edge never extended': ('compare.py', '            if arms and beyond:', '            if False:',
+                            'tests/test_compare.py -k edge'),
+    'evp mode mapping one-to-one': ('baselines.py', 'self.mapping.copy_(counts.argmax(0).view(-1, 1))',
+                                    'self.mapping.copy_(greedy_mapping(counts.cpu(), 1))',
+                                    'tests/test_baselines.py'),
     'prop1 adam control runs sgd': ('theory/prop1_rank_bound.py', "if s.control == 'adam' else", "if False else",
                                     'tests/test_theory.py'),
-    'nan loss accepted': ('train.py', '            if not math.isfinite(batch_loss):', '            if False:',
+    'nan loss accepted': ('train.py', '    if not math.isfinite(window_loss):', '    if False:',
                           'tests/test_train.py'),
 }
 
@@ -91,8 +122,8 @@ def plant(name, file, before, after, tests):
         open(path, 'w').write(text.replace(before, after))
         # ../shared beside the copy, as beside the repository
         os.symlink(os.path.join(os.path.dirname(ROOT), 'shared'), os.path.join(tmp, 'shared'))
-        p = subprocess.run([sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider', tests], cwd=copy,
-                           capture_output=True, text=True)
+        p = subprocess.run([sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider', *tests.split()],
+                           cwd=copy, capture_output=True, text=True)
         return 'caught' if p.returncode != 0 else 'MISSED: the tests pass with the bug'
 
 

@@ -9,6 +9,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -62,11 +63,20 @@ def test_compare_validates_its_arguments_before_anything_runs(tmp_path, monkeypa
                           (['--protocol', 'offline-cifar10', '--seeds', '-1'], '--seeds'),
                           (['--protocol', 'offline-tiny', '--tag', 'x', '--tune-lr', '0.1,abc'], '--tune-lr'),
                           (['--protocol', 'offline-tiny', '--tag', 'x', '--tune-lr', 'nan'], '--tune-lr'),
-                          (['--protocol', 'offline-cifar10', '--jobs', '0'], None)]:
+                          (['--protocol', 'offline-cifar10', '--jobs', '0'], None),
+                          (['--protocol', 'offline-cifar10', '--methods', ''], None),
+                          (['--protocol', 'offline-cifar10', '--tag', 'a/b'], None),
+                          (['--protocol', 'offline-cifar10', '--tag', 'x', '--extra=--lr nan'],
+                           'arm lp: train.py refuses'),
+                          (['--protocol', 'offline-cifar10', '--tag', 'x', '--model', 'resnet19'], 'resnet18')]:
         with pytest.raises(SystemExit) as e:
             compare.main(argv)
         assert e.value.code != 0 and (message is None or message in str(e.value.code))
     assert not (tmp_path / 'results').exists() and not (tmp_path / 'runs').exists()
+    (tmp_path / 'afile').write_text('x')
+    with pytest.raises(SystemExit):
+        compare.main(['--protocol', 'offline-cifar10', '--runs-dir', str(tmp_path / 'afile')])
+    assert (tmp_path / 'afile').read_text() == 'x' and not (tmp_path / 'results').exists()
 
 
 def test_failed_runs_make_a_nonzero_exit_naming_each_with_its_log(tmp_path, monkeypatch, capsys):
@@ -82,17 +92,42 @@ def test_failed_runs_make_a_nonzero_exit_naming_each_with_its_log(tmp_path, monk
     assert row['lp']['accs'] and not row['lotep_cp']['accs'] and row['lotep_cp']['failed']
 
 
-def test_a_run_another_process_owns_is_never_touched(tmp_path, monkeypatch, capsys):
+def test_a_run_another_process_owns_is_waited_for_not_failed(tmp_path, monkeypatch, capsys):
+    """A train.py of its own holds the run (its lock); the comparison never touches the run while it does, waits, and
+    then runs it. Here the holder lets go after 3 s."""
     monkeypatch.chdir(tmp_path)
     busy = tmp_path / 'runs' / 'offline-cifar10-b' / 'lp-s0'
     busy.mkdir(parents=True)
-    with open(busy / '.lock', 'a') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        with pytest.raises(SystemExit):
-            compare.main(['--protocol', 'offline-cifar10', '--tag', 'b', '--methods', 'lp', '--seeds', '0', *TINY,
-                          '--no-tune'])
-    assert 'another process is running it' in capsys.readouterr().err
-    assert sorted(os.listdir(busy)) == ['.lock']
+    lock = open(busy / '.lock', 'a')
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    seen = []
+
+    def let_go():
+        time.sleep(3)
+        seen.append(sorted(os.listdir(busy)))  # untouched while held
+        lock.close()
+    holder = threading.Thread(target=let_go)
+    holder.start()
+    rows = compare.main(['--protocol', 'offline-cifar10', '--tag', 'b', '--methods', 'lp', '--seeds', '0', *TINY,
+                         '--no-tune'])
+    holder.join()
+    assert 'another process is running it; waiting for it' in capsys.readouterr().out
+    assert seen == [['.lock']] and rows[0]['accs'] and not rows[0]['failed']
+
+
+def test_two_comparisons_on_one_protocol_lose_no_row_and_run_a_shared_arm_once(tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, 'compare.py'), '--protocol', 'offline-cifar10', '--tag', 'two',
+           '--seeds', '0', *TINY, '--no-tune']
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    procs = [subprocess.Popen([*cmd, '--methods', arms], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for arms in ('lp,lorvp', 'lorvp,lotep_cp')]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-1500:] for _, err in outs]
+    saved = results(tmp_path, 'offline-cifar10-two')
+    assert sorted(r['arm'] for r in saved['runs']) == ['lorvp', 'lotep_cp', 'lp']
+    assert all('test_acc' in r for r in saved['runs'])
+    printed = ''.join(out for out, _ in outs)
+    assert printed.count('lorvp seed 0: running') == 1  # the other comparison waited, then read it back
 
 
 def test_children_die_with_compare_even_by_sigkill(tmp_path):
@@ -257,6 +292,14 @@ def test_cka_refuses_what_it_cannot_compare(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cka.main([str(tmp_path / 'lorvp'), '--images', '0'])
     assert not (tmp_path / 'lorvp' / 'cka.md').exists()
+    (tmp_path / 'afile').write_text('x')
+    cka.main([str(tmp_path / 'lorvp'), '--images', '8'])  # writes cka.* into the run directory
+    for argv, fragment in [(['--out', str(tmp_path / 'afile')], 'is a file'),
+                           (['--images', '16'], 'holds another comparison')]:  # would replace the 8-image table
+        with pytest.raises(SystemExit) as e:
+            cka.main([str(tmp_path / 'lorvp'), *argv])
+        assert e.value.code == 2 and fragment in capsys.readouterr().err
+    assert json.loads((tmp_path / 'lorvp' / 'cka.json').read_text())['images'] == 8
 
 
 def test_report_tables_the_finished_runs_and_starts_none(tmp_path, monkeypatch):

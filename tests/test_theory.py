@@ -51,3 +51,9 @@ def test_rank_by_depth_refuses_what_it_cannot_analyse(tmp_path, capsys):
     assert not (tmp_path / 'lp' / 'rank_by_depth.md').exists()
     with pytest.raises(SystemExit):
         rank_by_depth.main(['--epochs', 'nan'])
+    with pytest.raises(SystemExit):  # a training flag beside --run would be ignored: refused instead
+        rank_by_depth.main(['--run', str(tmp_path / 'lp'), '--epochs', '5'])
+    assert '--epochs set the run trained here' in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --out holds another run than the one asked for: not continued silently
+        rank_by_depth.main(['--out', str(tmp_path / 'lp'), '--epochs', '5'])
+    assert 'holds another run' in capsys.readouterr().err

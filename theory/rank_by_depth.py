@@ -54,18 +54,35 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--run', help='a finished naive_deep_vp run to analyse (default: train one now)')
     p.add_argument('--out', default='runs/rank_by_depth', help='run directory for the training (default %(default)s)')
-    p.add_argument('--train-per-class', type=POS_INT, default=200)
-    p.add_argument('--epochs', type=POS_INT, default=2)
-    p.add_argument('--img-size', type=POS_INT, default=96)
+    training = dict(train_per_class=200, epochs=2, img_size=96)  # the training run's settings and their defaults
+    for key in training:
+        p.add_argument('--' + key.replace('_', '-'), type=POS_INT, help=f'of the run trained here (default '
+                       f'{training[key]})')
     a = p.parse_args(argv)
+    given = [k for k in training if getattr(a, k) is not None]
+    if a.run is not None and given:
+        p.error(f'{", ".join("--" + k.replace("_", "-") for k in given)} set the run trained here; --run analyses a '
+                f'finished run as it was trained')
     run_dir = a.run
     if run_dir is None:
         run_dir = a.out
+        settings = {k: getattr(a, k) or v for k, v in training.items()}
         args = ['--method', 'naive_deep_vp', '--model', 'tf_efficientnet_lite0', '--dataset', 'cifar10',
-                '--data-dir', SHARED_DATA, '--train-per-class', str(a.train_per_class), '--test-limit', '1000',
-                '--img-size', str(a.img_size), '--epochs', str(a.epochs), '--batch-size', '32', '--rho', '1.0',
-                '--precision', 'fp32', '--out', run_dir]
-        train.main(['--resume', '--out', run_dir] if os.path.exists(os.path.join(run_dir, 'config.json')) else args)
+                '--data-dir', SHARED_DATA, '--train-per-class', str(settings['train_per_class']), '--test-limit',
+                '1000', '--img-size', str(settings['img_size']), '--epochs', str(settings['epochs']), '--batch-size',
+                '32', '--rho', '1.0', '--precision', 'fp32', '--out', run_dir]
+        if os.path.exists(os.path.join(run_dir, 'config.json')):  # continue the run in --out, if it is this one
+            try:
+                saved = train.RunDir(run_dir).read_json('config.json')['args']
+            except train.RunDirError as e:
+                p.error(str(e))
+            differ = [f'--{k.replace("_", "-")} {v} (the run there: {saved.get(k)})' for k, v in settings.items()
+                      if saved.get(k) != v]
+            if differ or saved.get('method') != 'naive_deep_vp':
+                p.error(f'--out {run_dir} holds another run ({"; ".join(differ) or saved.get("method")}); give '
+                        f'another --out, or analyse it with --run')
+            args = ['--resume', '--out', run_dir]
+        train.main(args)
     try:
         rows = analyse(run_dir)
         summary = train.RunDir(run_dir).read_json('summary.json')
