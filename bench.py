@@ -187,7 +187,7 @@ def build_tasks(argvs: dict, classes=None):
         except (BuildError, train.UsageError) as e:
             rows[name] = dict(method=name, error=str(e))
             continue
-        K = classes or data.NUM_CLASSES[args.dataset]
+        K = classes or data.num_classes(args.dataset, args.data_dir)
         x, y = batch_of(args, K)
         floor = floor_model(args, K)
         rows[name] = dict(method=name, trainable=sum(q.numel() for q in model.parameters() if q.requires_grad),

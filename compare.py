@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 import bench
+import data
 import results
 import train
 from flags import NONNEG_INT, POS, POS_INT, parse
@@ -177,13 +178,13 @@ def run_all(jobs, n, report=False):
 
 # ---- tuning on a validation split: the same grid for every arm ----
 
-def grid(arm_flags, tune, settings):
+def grid(arm_flags, tune, settings, tune_flags=('--val-split', '0.1', '--no-test')):
     """The configurations tried for an arm: name -> (its flags, its point on the axes): lr multipliers x init scales
     (multipliers of the method's init std, or values; only where the method has a random prompt factor); AutoVP: its
-    own search space, label mapping x image scale, as AutoVP searches. Also the flags every tuning run adds (a
-    validation split, no test image, fewer epochs if the protocol says so)."""
+    own search space, label mapping x image scale, as AutoVP searches. Also the flags every tuning run adds (its
+    validation images, no test image: tune_flags; fewer epochs if the protocol says so)."""
     method = arm_flags[arm_flags.index('--method') + 1]
-    extra = ['--val-split', '0.1', '--no-test'] + (['--epochs', str(tune['epochs'])] if 'epochs' in tune else [])
+    extra = list(tune_flags) + (['--epochs', str(tune['epochs'])] if 'epochs' in tune else [])
     if method == 'autovp':
         return {f'{lm} scale={s:.3f}': (['--label-map', lm, '--image-scale', f'{s:.6g}'], {})
                 for lm in AUTOVP_SEARCH['label_map'] for s in AUTOVP_SEARCH['image_scale']}, extra
@@ -224,7 +225,8 @@ def edges(tuning, tune, extend):
     return grow
 
 
-def tune_arms(name, arm_flags, tune, extend, settings, extra, runs_dir, jobs_n, report=False):
+def tune_arms(name, arm_flags, tune, extend, settings, extra, runs_dir, jobs_n, report=False,
+              tune_flags=('--val-split', '0.1', '--no-test')):
     """arm -> {chosen configuration, its flags and point, every configuration's val acc (or 'diverged'), the runs'
     wall time}, chosen on the final epoch's validation accuracy (what the final runs report is the final epoch's; ties:
     the lower final training loss); the failed tuning runs; and the axes extended (notes). With report, an arm whose
@@ -233,7 +235,7 @@ def tune_arms(name, arm_flags, tune, extend, settings, extra, runs_dir, jobs_n, 
     while True:
         jobs = {}
         for arm, flags_of_arm in arm_flags.items():
-            configs, added = grid(flags_of_arm, tune, settings)
+            configs, added = grid(flags_of_arm, tune, settings, tune_flags)
             for config, (flags, point) in configs.items():
                 out = os.path.join(runs_dir, 'tune', f'{arm}-{config}'.replace(' ', '_').replace('=', ''))
                 argv = train_argv(settings, flags_of_arm + flags + added, 0, out, extra)
@@ -512,6 +514,7 @@ def main(argv=None):
     p.add_argument('--report', action='store_true', help='start no run: write the table of the runs finished so far')
     p.add_argument('--bench-reps', type=NONNEG_INT, default=10, help='rounds of bench.py for the cost columns, '
                    'measured once per arm when every run of the comparison has finished (0: leave them out)')
+    p.add_argument('--tasks', help='of a multi-task protocol (vtab-1k): a comma list (default: all of them)')
     a = p.parse_args(argv)
     if a.list:
         for k, pr in PROTOCOLS.items():
@@ -526,7 +529,8 @@ def main(argv=None):
     protocol = PROTOCOLS[a.protocol]
     settings = dict(protocol.settings)
     changed = {k: int(v) if v.isdigit() else v for k in FLAGS if (v := getattr(a, k)) is not None}
-    if (changed or a.extra or a.tune_lr or a.no_tune) and not a.tag and a.protocol != 'paper':
+    where = {'data_dir'} if protocol.tasks else set()  # where VTAB-1k lies on your disk is not a setting
+    if (set(changed) - where or a.extra or a.tune_lr or a.no_tune) and not a.tag and a.protocol != 'paper':
         p.error(f'{", ".join(flag(k) for k in changed) or "--extra / --tune-lr / --no-tune"} changes the '
                 f'{a.protocol} protocol: add --tag NAME so that its results do not pass for the protocol\'s')
     settings.update(changed)
@@ -545,45 +549,92 @@ def main(argv=None):
     given_seeds = parse_list(a.seeds, NONNEG_INT, '--seeds') if a.seeds else None
     arm_seeds = {arm: given_seeds or list(protocol.seeds_of(arm)) for arm in arms}
     name = a.protocol + (f'-{a.tag}' if a.tag else '')
-    runs_dir = a.runs_dir or os.path.join('runs', name)
+    runs_dir = a.runs_dir or os.path.join('runs', *name.split('/'))
     if os.path.exists(runs_dir) and not os.path.isdir(runs_dir):
         p.error(f'--runs-dir {runs_dir}: is a file, not a folder')
     extra = a.extra.split()
-    for arm in arms:  # every arm's train.py flags, checked now rather than refused one by one after hours of runs
-        check_flags(arm, train_argv(settings, arm_flags[arm] + list(protocol.final_flags), 0, 'unused', extra))
-    try:
-        same_settings(name, results.read(name), settings, extra)
-    except results.ResultsError as e:
-        raise SystemExit(f'error: {e}') from None
+    changes = [f'{flag(k)} {v}' for k, v in changed.items()] + ([f'--extra {a.extra}'] if extra else []) + \
+        ([f'lr multipliers tuned: {a.tune_lr}'] if a.tune_lr else []) + (['no tuning'] if a.no_tune else [])
+    tasks = [t for t in a.tasks.split(',') if t] if a.tasks is not None else list(protocol.tasks)
+    if a.tasks is not None and not protocol.tasks:
+        p.error(f'--tasks: {a.protocol} has no tasks; it is one data set')
+    if protocol.tasks and (not tasks or set(tasks) - set(protocol.tasks)):
+        p.error(f'--tasks takes a comma list of {", ".join(protocol.tasks)}')
+    plan = Plan(protocol=protocol, arms=arms, arm_flags=arm_flags, tuned_arms=tuned_arms, tune=tune,
+                extend=protocol.extend if not a.tune_lr else {}, arm_seeds=arm_seeds, extra=extra, jobs=a.jobs,
+                report=a.report, bench_reps=a.bench_reps, changes=changes)
+    named = [(f'{name}/{task}', {**settings, 'dataset': f'vtab-1k:{task}'}, os.path.join(runs_dir, task))
+             for task in tasks] if protocol.tasks else [(name, settings, runs_dir)]
+    for table_name, task_settings, _ in named:  # refused now rather than after hours of runs
+        for arm in arms:
+            check_flags(arm, train_argv(task_settings, arm_flags[arm] + list(protocol.final_flags), 0, 'unused',
+                                        extra))
+        try:
+            same_settings(table_name, results.read(table_name), task_settings, extra)
+        except results.ResultsError as e:
+            raise SystemExit(f'error: {e}') from None
+    outcome = {table_name.rsplit('/', 1)[-1]: compare(plan, table_name, task_settings, task_runs)
+               for table_name, task_settings, task_runs in named}
+    failed = [j for rows, failed in outcome.values() for j in failed]
+    if protocol.tasks:
+        rows = summarize_tasks(name, plan, settings)
+    else:
+        rows = outcome[name][0]
+    if failed:
+        print('FAILED runs:\n' + '\n'.join(f'  {j.label}: {j.result["failed"]}; log {j.result["log"]}'
+                                           for j in failed), file=sys.stderr)
+        raise SystemExit(1)
+    return rows
 
+
+@dataclass
+class Plan:
+    """What a comparison runs, beside its name, settings and runs folder (one per task of a multi-task protocol)."""
+    protocol: object
+    arms: list
+    arm_flags: dict
+    tuned_arms: dict
+    tune: dict
+    extend: dict
+    arm_seeds: dict
+    extra: list
+    jobs: int
+    report: bool
+    bench_reps: int
+    changes: list
+
+
+def compare(plan, name, settings, runs_dir):
+    """Tuning, the final runs, the cost columns and the table of one data set: (rows, failed jobs)."""
+    protocol, extra, arms = plan.protocol, plan.extra, list(plan.arms)
     tuning, failed, notes = {}, [], []
-    if tune:
-        tuning, failed, notes = tune_arms(name, tuned_arms, tune, protocol.extend if not a.tune_lr else {}, settings,
-                                          extra, runs_dir, a.jobs, a.report)
+    if plan.tune:
+        tuning, failed, notes = tune_arms(name, plan.tuned_arms, plan.tune, plan.extend, settings, extra, runs_dir,
+                                          plan.jobs, plan.report, protocol.tune_flags)
     for arm, like in protocol.tuned_like.items():  # an ablation keeps its method's hyper-parameters
         if arm in arms and like in tuning:
             tuning[arm] = dict(chosen=f'as {like}: {tuning[like]["chosen"]}', flags=tuning[like]['flags'], tried={})
-    final_argv = {arm: arm_flags[arm] + tuning.get(arm, {}).get('flags', []) + list(protocol.final_flags)
+    final_argv = {arm: plan.arm_flags[arm] + tuning.get(arm, {}).get('flags', []) + list(protocol.final_flags)
                   for arm in arms}
     jobs = []
-    for seed in sorted({s for ss in arm_seeds.values() for s in ss}):  # seed by seed: a comparison stopped half-way
-        for arm in arms:  # has every arm of its first seeds
-            if seed in arm_seeds[arm]:
+    for seed in sorted({s for ss in plan.arm_seeds.values() for s in ss}):  # seed by seed: a comparison stopped
+        for arm in arms:  # half-way has every arm of its first seeds
+            if seed in plan.arm_seeds[arm]:
                 out = os.path.join(runs_dir, f'{arm}-s{seed}'.replace(' ', '_').replace('=', ''))
                 jobs.append(Job(f'[{name}] {arm} seed {seed}', train_argv(settings, final_argv[arm], seed, out, extra),
                                 out, arm, seed))
-    run_all(jobs, a.jobs, a.report)
+    run_all(jobs, plan.jobs, plan.report)
     runs = [{**j.result, 'arm': j.arm, 'seed': j.seed} for j in jobs if not j.result.get('pending')]
     failed += [j for j in jobs if 'failed' in j.result]
     pending = [j for j in jobs if j.result.get('pending')]
     costs = {}
-    if a.bench_reps and not pending:  # measured once per arm, when no run of this comparison is still going
+    if plan.bench_reps and not pending:  # measured once per arm, when no run of this comparison is still going
         with results.locked(name):
             known = (results.read(name) or {}).get('bench', {})
         todo = {arm: train_argv(settings, final_argv[arm], 0, 'unused', extra) for arm in arms
                 if arm not in known and any(r['arm'] == arm and 'test_acc' in r for r in runs)}
         if todo:
-            costs = bench.measure(todo, a.bench_reps)
+            costs = bench.measure(todo, plan.bench_reps)
     with results.locked(name):  # merged with the table on disk now: another process may have written it meanwhile
         previous = results.read(name)
         same_settings(name, previous, settings, extra)
@@ -601,23 +652,78 @@ def main(argv=None):
         rows = rows_of(runs, arms)
         claims = test_claims(protocol, {r['arm']: r for r in rows})
         wall = sum(r.get('wall_s') or 0.0 for r in runs)  # every run in the table, merged ones included
-        changes = [f'{flag(k)} {v}' for k, v in changed.items()] + ([f'--extra {a.extra}'] if extra else []) + \
-            ([f'lr multipliers tuned: {a.tune_lr}'] if a.tune_lr else []) + (['no tuning'] if a.no_tune else [])
         incomplete = f'**Incomplete**: {len(pending)} of the {len(jobs)} runs are not finished; this table, written ' \
             f'by --report, holds the others.' if pending else ''
-        md = table(name, protocol, settings, seeds, rows, tuning, claims, wall, tune_wall, changes, bench=costs,
+        md = table(name, protocol, settings, seeds, rows, tuning, claims, wall, tune_wall, plan.changes, bench=costs,
                    notes=notes, incomplete=incomplete)
-        results.write(name, dict(protocol=a.protocol, name=name, changes=changes, settings=shown(settings),
-                                 extra=extra, seeds=seeds, arms=arms, tuning=tuning, grid_notes=notes, claims=claims,
-                                 wall_s=wall, tune_wall_s=tune_wall, bench=costs, rows=rows, runs=runs), md)
+        results.write(name, dict(protocol=name.split('/')[0], name=name, changes=plan.changes,
+                                 settings=shown(settings), extra=extra, seeds=seeds, arms=arms, tuning=tuning,
+                                 grid_notes=notes, claims=claims, wall_s=wall, tune_wall_s=tune_wall, bench=costs,
+                                 rows=rows, runs=runs), md)
         if any(r['accs'] for r in rows):
             figures(name, rows)
     print(md)
-    if failed:
-        print('FAILED runs:\n' + '\n'.join(f'  {j.label}: {j.result["failed"]}; log {j.result["log"]}'
-                                           for j in failed), file=sys.stderr)
-        raise SystemExit(1)
-    return rows
+    return rows, failed
+
+
+def task_means(accs):
+    """task -> accuracy (VTAB-1k) -> the two averages the field reports: over the tasks, and over the means of the
+    three groups (Natural 7, Specialized 4, Structured 8 tasks); each over the tasks present."""
+    groups = {}
+    for task, acc in accs.items():
+        groups.setdefault(data.VTAB_1K[task][0], []).append(acc)
+    group_means = {g: statistics.mean(v) for g, v in groups.items()}
+    return dict(tasks=len(accs), task_mean=statistics.mean(accs.values()), group_means=group_means,
+                mean_of_group_means=statistics.mean(group_means.values()))
+
+
+def summarize_tasks(name, plan, settings):
+    """The table of a multi-task protocol, from every task's table on disk made with these settings (tasks run in
+    other invocations included): per task and arm the final-epoch test accuracy (mean ± std over seeds), the mean
+    over the tasks and the mean of the group means, each labelled; the claims paired over the tasks."""
+    task_rows = {t: record['rows'] for t in plan.protocol.tasks if (record := results.read(f'{name}/{t}'))}
+    arms = list(dict.fromkeys(plan.arms + [r['arm'] for rows in task_rows.values() for r in rows]))
+    tasks = list(task_rows)
+    accs = {arm: {t: row['accs'] for t in tasks for row in task_rows[t] if row['arm'] == arm and row['accs']}
+            for arm in arms}
+    per_task = {arm: {t: statistics.mean(a.values()) for t, a in accs[arm].items()} for arm in arms}
+    means = {arm: task_means(per_task[arm]) if per_task[arm] else None for arm in arms}
+    claims = test_claims(plan.protocol, {arm: dict(accs=per_task[arm], val_selected={}) for arm in arms})
+    missing = [t for t in data.VTAB_1K if t not in tasks]
+    lines = [f'# {name}', '', plan.protocol.about + '.' +
+             (f' **Changed for this table**: {"; ".join(plan.changes)}.' if plan.changes else ''),
+             *([f'**{len(tasks)} of the 19 tasks** (not run: {", ".join(missing)}): the means are over the tasks '
+                f'present, not the benchmark\'s.'] if missing else []), '',
+             f'Settings: {json.dumps(shown(settings))}; each task\'s table, every run and its tuning: '
+             f'results/{name}/<task>.md and .json.', '',
+             'Test accuracy % of the final epoch, mean ± std over seeds (n); tuned per task on train800 / val200, '
+             'trained on train800val200.', '',
+             '| task (group) | ' + ' | '.join(arms) + ' |', '|---|' + '---|' * len(arms)]
+    for t in tasks:
+        lines.append(f'| {t} ({data.VTAB_1K[t][0]}) | ' + ' | '.join(mean_sd(accs[arm].get(t, {}).values())
+                                                                     for arm in arms) + ' |')
+    cell = lambda arm, f: f'{f(means[arm]):.2f}' if means[arm] else '-'
+    lines.append(f'| **mean over the {len(tasks)} tasks** | ' +
+                 ' | '.join(cell(arm, lambda m: m['task_mean']) for arm in arms) + ' |')
+    for g in ('Natural', 'Specialized', 'Structured'):
+        lines.append(f'| {g} group mean | ' + ' | '.join(
+            f'{means[arm]["group_means"][g]:.2f}' if means[arm] and g in means[arm]['group_means'] else '-'
+            for arm in arms) + ' |')
+    lines.append('| **mean of the group means** | ' +
+                 ' | '.join(cell(arm, lambda m: m['mean_of_group_means']) for arm in arms) + ' |')
+    if claims:
+        ci = lambda x: f'{x["mean"]:+.2f} [{x["low"]:+.2f}, {x["high"]:+.2f}] ({x["n"]} tasks)' if x else '-'
+        lines += ['', 'Claims, paired over the tasks (each task\'s mean over seeds): raw and Holm-corrected verdicts.',
+                  '', '| claim | a − b [95% CI] | verdict | Holm-corrected |', '|---|---|---|---|']
+        lines += [f'| {c["a"]} over {c["b"]} ({c["paper"]}) | {ci(c["ci"])} | {c["verdict"]} | {c["verdict_holm"]} |'
+                  for c in claims]
+    md = '\n'.join(lines) + '\n'
+    with results.locked(name):
+        same_settings(name, results.read(name), settings, plan.extra)
+        results.write(name, dict(protocol=name, settings=shown(settings), extra=plan.extra, tasks=tasks, arms=arms,
+                                 accs=accs, per_task=per_task, means=means, claims=claims), md)
+    print(md)
+    return [dict(arm=arm, per_task=per_task[arm], means=means[arm]) for arm in arms]
 
 
 def check_flags(arm, argv):

@@ -13,6 +13,11 @@ Where the data comes from:
   cifar100, eurosat, oxford-pets, food101, dtd, flowers102, svhn, gtsrb
                  torchvision's layout in <data_dir>, else torchvision downloads it there
   synthetic      made here: K classes of smooth colour patterns plus noise (learnable, for smoke tests and tests)
+  folder         your own images, in the ImageFolder layout: <data_dir>/train/<class>/*, <data_dir>/test/<class>/*
+                 and, if there, <data_dir>/val/<class>/* (the validation images); classes and their order from train/
+  vtab-1k:<task> a processed VTAB-1k task (VTAB_1K below): <data_dir>/<task>/ holds train800.txt, val200.txt,
+                 train800val200.txt, test.txt (a 'relative/path label' per line) and the images. splits='final'
+                 trains on train800val200 and tests on test; splits='tune' trains on train800 and validates on val200
 """
 import io
 import os
@@ -32,7 +37,39 @@ SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 CIFAR10_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
 NUM_CLASSES = {'cifar10': 10, 'cifar100': 100, 'tiny-imagenet': 200, 'eurosat': 10, 'oxford-pets': 37,
                'food101': 101, 'dtd': 47, 'flowers102': 102, 'svhn': 10, 'gtsrb': 43, 'synthetic': 10}
-DATASETS = sorted(NUM_CLASSES)
+# The 19 tasks of VTAB-1k as the processed releases name them: group, number of classes
+VTAB_1K = {'cifar': ('Natural', 100), 'caltech101': ('Natural', 102), 'dtd': ('Natural', 47),
+           'oxford_flowers102': ('Natural', 102), 'oxford_iiit_pet': ('Natural', 37), 'svhn': ('Natural', 10),
+           'sun397': ('Natural', 397), 'patch_camelyon': ('Specialized', 2), 'eurosat': ('Specialized', 10),
+           'resisc45': ('Specialized', 45), 'diabetic_retinopathy': ('Specialized', 5),
+           'clevr_count': ('Structured', 8), 'clevr_dist': ('Structured', 6), 'dmlab': ('Structured', 6),
+           'kitti': ('Structured', 4), 'dsprites_loc': ('Structured', 16), 'dsprites_ori': ('Structured', 16),
+           'smallnorb_azi': ('Structured', 18), 'smallnorb_ele': ('Structured', 9)}
+VTAB_FILES = {'final': ('train800val200.txt', None, 'test.txt'), 'tune': ('train800.txt', 'val200.txt', 'test.txt')}
+DATASETS = sorted(NUM_CLASSES) + ['folder'] + [f'vtab-1k:{t}' for t in VTAB_1K]
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
+
+
+def vtab_task(name):
+    """'vtab-1k:cifar' -> 'cifar'; None for another data set."""
+    return name.split(':', 1)[1] if name.startswith('vtab-1k:') else None
+
+
+def check_name(name):
+    if name not in DATASETS:
+        hint = f' (VTAB-1k tasks: {", ".join(VTAB_1K)})' if name.startswith('vtab') else ''
+        raise DataError(f'unknown dataset {name!r}; choose one of: {", ".join(sorted(NUM_CLASSES))}, folder, '
+                        f'vtab-1k:<task>{hint}')
+
+
+def num_classes(name, data_dir):
+    """K of a data set, before its images are read (the model is built first): a folder's train/ says it."""
+    check_name(name)
+    if name == 'folder':
+        return len(_folder_classes(os.path.join(data_dir, 'train')))
+    if vtab_task(name):
+        return VTAB_1K[vtab_task(name)][1]
+    return NUM_CLASSES[name]
 
 
 class DataError(Exception):
@@ -254,6 +291,91 @@ def _torchvision(name, data_dir, also_looked=()):
     return train, test
 
 
+def _folder_classes(folder):
+    """The class folders of an ImageFolder split, sorted (their order gives the labels)."""
+    if not os.path.isdir(folder):
+        raise DataError(f'{folder}: no such folder; --dataset folder reads --data-dir/train/<class>/ and '
+                        f'--data-dir/test/<class>/ (and --data-dir/val/<class>/ if you have validation images)')
+    classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)) and not d.startswith('.'))
+    if not classes:
+        raise DataError(f'{folder}: holds no class folder; put each class\'s images in {folder}/<class>/')
+    return classes
+
+
+def _folder_split(folder, classes):
+    """(files, labels) of one split of an image folder, its class folders named as in train/."""
+    found = _folder_classes(folder)
+    unknown = [c for c in found if c not in classes]
+    if unknown:
+        raise DataError(f'{folder}: class folder(s) {", ".join(unknown)} are not in train/ ({", ".join(classes)}); '
+                        f'every class needs training images')
+    files, labels = [], []
+    for label, c in enumerate(classes):
+        if c not in found:
+            continue
+        names = sorted(f for f in os.listdir(os.path.join(folder, c)) if not f.startswith('.'))
+        others = [f for f in names if not f.lower().endswith(IMAGE_EXTENSIONS)]
+        if others:
+            raise DataError(f'{os.path.join(folder, c, others[0])}: not an image file ({", ".join(IMAGE_EXTENSIONS)})'
+                            f'; move it out of the class folder')
+        if not names:
+            raise DataError(f'{os.path.join(folder, c)}: an empty class folder; give it images, or remove it')
+        files += [os.path.join(folder, c, f) for f in names]
+        labels += [label] * len(names)
+    return files, labels
+
+
+def _folder(data_dir):
+    """Your own images: train/<class>/*, test/<class>/*, and val/<class>/* if there."""
+    classes = _folder_classes(os.path.join(data_dir, 'train'))
+    splits = {}
+    for split in ('train', 'val', 'test'):
+        path = os.path.join(data_dir, split)
+        if split == 'val' and not os.path.isdir(path):
+            splits[split] = None
+            continue
+        splits[split] = FileImages(*_folder_split(path, classes))
+    splits['train'].classes = classes
+    return splits['train'], splits['test'], splits['val']
+
+
+def _split_file(path, root, K):
+    """(files, labels) from a split file of 'relative/path label' lines; a bad line is named with its number."""
+    if not os.path.isfile(path):
+        raise DataError(f'{path}: missing; a processed VTAB-1k task folder holds train800.txt, val200.txt, '
+                        f'train800val200.txt and test.txt beside its images')
+    files, labels = [], []
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2 or not parts[1].lstrip('-').isdigit():
+                raise DataError(f'{path}, line {i}: expected "relative/path label", got {line.strip()[:80]!r}')
+            label = int(parts[1])
+            if not 0 <= label < K:
+                raise DataError(f'{path}, line {i}: label {label} is out of range for this task\'s {K} classes')
+            image = os.path.join(root, parts[0])
+            if not os.path.isfile(image):
+                raise DataError(f'{path}, line {i}: {parts[0]}: no such image in {root}')
+            files.append(image)
+            labels.append(label)
+    if not files:
+        raise DataError(f'{path}: lists no image')
+    return files, labels
+
+
+def _vtab(task, data_dir, splits):
+    """A processed VTAB-1k task: the split files of `splits` ('final' or 'tune')."""
+    root = os.path.join(data_dir, task)
+    if not os.path.isdir(root):
+        raise DataError(f'{root}: no such folder; --data-dir is the folder of the processed VTAB-1k tasks (README, '
+                        f'VTAB-1k), each task in its own folder')
+    train, val, test = (FileImages(*_split_file(os.path.join(root, f), root, VTAB_1K[task][1])) if f else None
+                        for f in VTAB_FILES[splits])
+    return train, test, val
+
+
 def synthetic(num_classes=10, train_per_class=60, test_per_class=20, size=32, seed=0):
     """K classes, each a smooth random colour pattern (4x4 upsampled); samples add brightness jitter and pixel noise.
 
@@ -273,30 +395,44 @@ def synthetic(num_classes=10, train_per_class=60, test_per_class=20, size=32, se
 
 # ---- splits ----
 
-def load(name, *, data_dir, img_size, seed, train_per_class=None, test_limit=None, val_split=0.0) -> Splits:
+def load(name, *, data_dir, img_size, seed, train_per_class=None, test_limit=None, val_split=0.0,
+         splits='final') -> Splits:
     """Train/val/test of a data set by name. Subsets are drawn per class with a seeded generator; the test subset is
     the first `test_limit` images in the original order; `val_split` holds out that fraction of each class's
-    training images for model selection."""
-    if name not in NUM_CLASSES:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    training images for model selection, unless the data set has validation images of its own (a folder's val/,
+    VTAB-1k's val200 with splits='tune')."""
+    check_name(name)
+    if splits not in VTAB_FILES:
+        raise DataError(f'--splits must be final or tune, got {splits!r}')
+    if splits == 'tune' and not vtab_task(name):
+        raise DataError(f'--splits tune reads the split files of a VTAB-1k task; {name} has none (hold out '
+                        f'validation images with --val-split)')
     if not 0.0 <= val_split < 1.0:
         raise DataError(f'--val-split must be in [0, 1), got {val_split}')
     for flag, value in (('--train-per-class', train_per_class), ('--test-limit', test_limit)):
         if value is not None and value <= 0:
             raise DataError(f'{flag} must be a positive number of images, got {value}')
+    K, own_val = num_classes(name, data_dir), None
     if name == 'synthetic':
-        train, test = synthetic(NUM_CLASSES[name])
+        train, test = synthetic(K)
     elif name == 'cifar10':
         train, test = _cifar10(data_dir)
     elif name == 'tiny-imagenet':
         train, test = _tiny_imagenet(data_dir)
+    elif name == 'folder':
+        train, test, own_val = _folder(data_dir)
+    elif vtab_task(name):
+        train, test, own_val = _vtab(vtab_task(name), data_dir, splits)
     else:
         train, test = _torchvision(name, data_dir)
+    if own_val is not None and val_split:
+        raise DataError(f'--val-split {val_split}: {name} has validation images of its own '
+                        f'({"val/" if name == "folder" else "val200.txt"}); leave --val-split out')
 
     rng = np.random.default_rng(seed)
     labels = np.asarray(train.labels)
     train_idx, val_idx = [], []
-    for c in range(NUM_CLASSES[name]):
+    for c in range(K):
         idx = rng.permutation(np.flatnonzero(labels == c))[:train_per_class]
         n_val = int(round(val_split * len(idx))) if val_split else 0
         if val_split and len(idx) > 1:
@@ -307,14 +443,17 @@ def load(name, *, data_dir, img_size, seed, train_per_class=None, test_limit=Non
         raise DataError(f'--val-split {val_split} holds out no image: no class has 2 training images to split '
                         f'(--train-per-class {train_per_class}); give more training images, or no --val-split')
     test_idx = list(range(len(test)))[:test_limit]
-    for source, indices in ((train, train_idx + val_idx), (test, test_idx)):
+    if own_val is not None:
+        val, val_idx = own_val, list(range(len(own_val)))
+    else:
+        val = train
+    for source, indices in ((train, train_idx), (val, val_idx), (test, test_idx)):
         if isinstance(source, FileImages):  # every image the run will use is an image: an error now, not in epoch 2
             source.verify(indices)
     return Splits(train=Resized(_labelled_subset(train, sorted(train_idx)), img_size),
-                  val=Resized(_labelled_subset(train, sorted(val_idx)), img_size) if val_idx else None,
+                  val=Resized(_labelled_subset(val, sorted(val_idx)), img_size) if val_idx else None,
                   test=Resized(_labelled_subset(test, test_idx), img_size),
-                  num_classes=NUM_CLASSES[name], classes=list(getattr(train, 'classes', None) or
-                                                              [str(k) for k in range(NUM_CLASSES[name])]))
+                  num_classes=K, classes=list(getattr(train, 'classes', None) or [str(k) for k in range(K)]))
 
 
 def _labelled_subset(ds, indices):

@@ -37,6 +37,14 @@ POS_INT, NONNEG_INT, POS, NONNEG = number(int, 1), number(int, 0), number(float,
 FRACTION = number(float, 0, 1, hi_open=True)
 
 
+def dataset_name(text):
+    try:
+        data.check_name(text)
+    except data.DataError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def device_name(text):
     if not re.fullmatch(r'auto|cpu|mps|cuda(:\d+)?', text):
         raise argparse.ArgumentTypeError(f'{text!r} is not a device: auto, cpu, cuda, cuda:N or mps')
@@ -52,8 +60,13 @@ def parser() -> argparse.ArgumentParser:
                    '\n'.join(f'  {k:<14} {row.help}' for k, row in METHODS.items()))
     p.add_argument('--model', default='resnet18', help='a timm model name, or name.tag; without a tag, the papers\' '
                                                        'weights (backbones.PAPER_TAGS), e.g. resnet18.tv_in1k')
-    p.add_argument('--dataset', default='cifar100', choices=data.DATASETS)
+    p.add_argument('--dataset', default='cifar100', type=dataset_name, metavar='DATASET',
+                   help=f'{", ".join(sorted(data.NUM_CLASSES))}; folder (your images: --data-dir/train/<class>/*, '
+                        f'test/<class>/*, val/<class>/* if any); vtab-1k:<task> (a processed VTAB-1k task in '
+                        f'--data-dir/<task>/: {", ".join(data.VTAB_1K)})')
     p.add_argument('--data-dir', default='data', help='where data sets are read or downloaded (default ./data)')
+    p.add_argument('--splits', default='final', choices=['final', 'tune'], help='vtab-1k: final trains on '
+                   'train800val200 and tests on test.txt; tune trains on train800 and validates on val200')
     p.add_argument('--img-size', type=POS_INT, default=224)
     p.add_argument('--epochs', type=POS_INT, help='default: the method recipe (20 for the LoR-VP family)')
     p.add_argument('--batch-size', type=POS_INT, help='global batch (default: the recipe, 256 for the LoR-VP family)')

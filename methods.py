@@ -211,11 +211,13 @@ class BuildError(Exception):
     """A method that cannot be built as asked (a method module's ValueError, with the flags that set its argument)."""
 
 
-def build(a):
-    """The model of a run: seeded, so a resumed or re-built run gets the same head (and prompt) initialisation."""
+def build(a, num_classes=None):
+    """The model of a run: seeded, so a resumed or re-built run gets the same head (and prompt) initialisation.
+    num_classes: K when it is known without the data (a prompt file's classes); else the data set says it."""
     torch.manual_seed(a.seed)
     try:
-        return METHODS[a.method].build(a, data.NUM_CLASSES[a.dataset]).to(a.device)
+        K = num_classes or data.num_classes(a.dataset, a.data_dir)
+        return METHODS[a.method].build(a, K).to(a.device)
     except ValueError as e:  # a method module names its own argument: say which flag sets it
         flags = sorted({f'--{w.replace("_", "-")}' for w in re.findall(r'[a-z_0-9]+', str(e)) if w in vars(a)})
         raise BuildError(f'{a.method} on {a.model}: {e}' + (f' (set by {", ".join(flags)})' if flags else '')) \

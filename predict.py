@@ -22,7 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 
 import data
 import train
-from flags import NONNEG_INT, POS_INT, device_name
+from flags import NONNEG_INT, POS_INT, dataset_name, device_name
 from serve import MultiTask, PromptFileError, load_task
 
 EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
@@ -73,7 +73,7 @@ def main(argv=None):
     p.add_argument('inputs', nargs='*', help='image files or folders; N:path sends them to task N only')
     p.add_argument('--top-k', type=POS_INT, default=5)
     p.add_argument('--out', help='write the predictions to a .csv or .json file')
-    p.add_argument('--dataset', choices=data.DATASETS, help='evaluate on a data set instead')
+    p.add_argument('--dataset', type=dataset_name, help='evaluate on a data set instead (as train.py\'s --dataset)')
     p.add_argument('--data-dir', help='where the data set is (default: the run\'s)')
     p.add_argument('--split', default='test', choices=['test'], help='the evaluated split')
     p.add_argument('--test-limit', type=POS_INT, help='the first N test images (default: the run\'s)')
@@ -107,7 +107,7 @@ def evaluate(a):
         raise PromptFileError(f'--prompt {a.prompt[0]}: trained on {args.dataset}, not {a.dataset}')
     limit = a.test_limit or args.test_limit
     splits = data.load(a.dataset, data_dir=a.data_dir or args.data_dir, img_size=args.img_size, seed=args.seed,
-                       train_per_class=1, test_limit=limit)
+                       train_per_class=1, test_limit=limit, splits=args.splits)
     args.workers = a.workers
     acc = train.evaluate(model, splits.test, args)
     reported = f' (the run reported {meta["test_acc"]:.2f}%)' if meta.get('test_acc') is not None else ''

@@ -10,7 +10,7 @@ final runs use the protocol's seeds.
 """
 from dataclasses import dataclass, field
 
-from data import SHARED_DATA
+from data import SHARED_DATA, VTAB_1K
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class Protocol:
     claim_seeds: tuple = ()  # more seeds for the arms of the claims (default: seeds)
     extend: dict = field(default_factory=dict)  # axis -> its longer progression: when an arm's choice lies on an
     # edge of the grid, the axis grows by the next value of the progression, for every arm, until none does
+    tune_flags: tuple = ('--val-split', '0.1', '--no-test')  # what makes a run a tuning run: its validation images
+    tasks: tuple = ()  # a multi-task protocol: each task a data set of its own (vtab-1k:<task>), then their means
 
     def seeds_of(self, arm):
         in_claims = any(arm in claim[:2] for claim in self.claims)
@@ -81,6 +83,24 @@ PROTOCOLS = {
                 ('lotep_tk', 'lp', None, 'LoTeP-TK over the linear probe (LoTeP\'s tables)'),
                 ('lorsp', 'lp', None, 'LoRSP over the linear probe (LoRSP\'s tables)'),
                 ('lotep_cp', 'lotep_cp-constant', None, 'LoTeP\'s cosine rank decay over a constant rank (Fig. 4c)'))),
+    'vtab-1k': Protocol(
+        'VTAB-1k: 19 tasks of 1,000 training images (train800 + val200), ViT-B/16 pretrained on ImageNet-21K '
+        '(Google\'s original weights, as VPT), 224 px, 100 epochs, batch 64, bf16, on a GPU; per task every method '
+        'gets the long protocol\'s grid (lr x init scale, an edge extended for every arm), trained on train800 and '
+        'selected on val200 at its final epoch, then 3 seeds trained on train800val200 and tested on test.txt',
+        dict(model='vit_base_patch16_224.orig_in21k', data_dir='data/vtab-1k', img_size=224, epochs=100,
+             batch_size=64, precision='bf16'),
+        {**methods('lp', 'vpt_deep', 'lorvp', 'lotep_cp', 'lotep_tk', 'lorsp'),
+         'lora': ['--method', 'lora', '--lora-targets', 'q,v']}, (0, 1, 2),
+        tune={'lr': (0.3, 1, 3), 'init': (0.3, 1, 3)},
+        extend={'lr': (0.03, 0.1, 0.3, 1, 3, 10, 30), 'init': (0.1, 0.3, 1, 3, 10)},
+        tune_flags=('--splits', 'tune', '--no-test'), tasks=tuple(VTAB_1K),
+        claims=(('lotep_cp', 'lorvp', 2.5, 'LoTeP: +2.5 over LoR-VP on average'),
+                ('lotep_tk', 'lorvp', 2.5, 'LoTeP: +2.5 over LoR-VP on average'),
+                ('lorsp', 'lorvp', 1.24, 'LoRSP: +1.24 over LoR-VP'),
+                ('lotep_cp', 'vpt_deep', None, 'LoTeP over VPT-Deep'),
+                ('lorsp', 'vpt_deep', None, 'LoRSP over VPT-Deep'),
+                ('lorvp', 'lp', None, 'LoR-VP over the linear probe'))),
     'offline-tiny': Protocol(
         'Lite0, Tiny-ImageNet subset 100/class, 64 px, 2 epochs, fp32; lr tuned on validation (x0.03, x0.1, x1)',
         dict(model='tf_efficientnet_lite0', dataset='tiny-imagenet', data_dir=SHARED_DATA, train_per_class=100,

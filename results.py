@@ -32,8 +32,9 @@ def path(name, ext):
 @contextmanager
 def locked(name):
     """Holds results/.<name>.lock (the kernel releases it if the process dies)."""
-    os.makedirs(DIR, exist_ok=True)
-    with open(os.path.join(DIR, f'.{name}.lock'), 'a') as f:
+    lock = os.path.join(DIR, os.path.dirname(name), f'.{os.path.basename(name)}.lock')  # name: 'table' or 'dir/table'
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    with open(lock, 'a') as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
 
@@ -65,7 +66,7 @@ def check_settings(name, previous, settings):
 
 
 def write(name, record, markdown):
-    os.makedirs(DIR, exist_ok=True)
+    os.makedirs(os.path.dirname(path(name, 'md')), exist_ok=True)
     for ext, text in (('json', json.dumps(record, indent=1, allow_nan=False) + '\n'), ('md', markdown)):
         tmp = path(name, ext) + '.tmp'
         with open(tmp, 'w') as f:

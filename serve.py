@@ -80,11 +80,8 @@ def load_task(path, *, device='cpu'):
                 if meta[k] != getattr(a, k)]
     if disagree:
         raise PromptFileError(f'--prompt {path}: its header disagrees with itself ({"; ".join(disagree)})')
-    model = build(resolve(a))
+    model = build(resolve(a), num_classes=len(meta['classes']))  # the file's classes, not the data's folder
     check_backbone(model, meta, path)
-    K = model.head.out_features if hasattr(model.head, 'out_features') else model.head.num_classes
-    if len(meta['classes']) != K:
-        raise PromptFileError(f'--prompt {path}: its header names {len(meta["classes"])} classes, its model has {K}')
     try:
         load_state(model, state, source=f'--prompt {path}')
     except StateError as e:

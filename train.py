@@ -266,7 +266,7 @@ def setup(a, argv, rank):
         vars(saved).update({k: getattr(a, k) for k in given if k in RESUMABLE}, resume=True, out=a.out)
         a = saved
     a = resolve(a)
-    a.out = a.out or os.path.join('runs', f'{a.method}-{a.model}-{a.dataset}-{a.seed}')
+    a.out = a.out or os.path.join('runs', f'{a.method}-{a.model}-{a.dataset.replace(":", "-")}-{a.seed}')
     run, ckpt = RunDir(a.out), None
     if rank == 0:
         run.claim(resume=a.resume)
@@ -283,16 +283,18 @@ def setup(a, argv, rank):
             load_state(model, ckpt['model'], source=run.file('checkpoint.pt'))
         if a.save_prompts and not isinstance(model.prompt, lorsp.LoRSP):
             raise UsageError('--save-prompts draws LoRSP prompts and factors; use it with a lorsp method')
-        if a.no_test and not a.val_split:
-            raise UsageError('--no-test needs --val-split: a run is evaluated on validation images when it never '
-                             'sees the test images')
         if a.compile and not isinstance(model.prompt, lorsp.LoRSP):
             raise UsageError('--compile compiles the LoRSP prompt; the other methods have nothing it would speed up')
         splits = data.load(a.dataset, data_dir=a.data_dir, img_size=a.img_size, seed=a.seed,
-                           train_per_class=a.train_per_class, test_limit=a.test_limit, val_split=a.val_split)
+                           train_per_class=a.train_per_class, test_limit=a.test_limit, val_split=a.val_split,
+                           splits=a.splits)
+        if a.no_test and splits.val is None:
+            raise UsageError('--no-test needs validation images (--val-split, a folder\'s val/, or --splits tune): '
+                             'a run that never sees the test images is evaluated on them')
         if rank == 0 and not a.resume:  # written once set-up has succeeded: a failed set-up changes nothing
             run.write_json('config.json', dict(args=vars(a), command='python train.py ' + ' '.join(argv),
-                                               torch=torch.__version__, timm=__import__('timm').__version__))
+                                               classes=splits.classes, torch=torch.__version__,
+                                               timm=__import__('timm').__version__))
     except BaseException:
         run.abandon() if not a.resume else run.release()
         raise

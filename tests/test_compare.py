@@ -196,8 +196,9 @@ def test_the_grid_scales_each_methods_own_init_and_autovp_searches_its_space():
 def test_every_protocol_arm_is_a_valid_train_command():
     for name, protocol in compare.PROTOCOLS.items():
         assert protocol.arms and protocol.seeds, name
+        settings = {**protocol.settings, **({'dataset': f'vtab-1k:{protocol.tasks[0]}'} if protocol.tasks else {})}
         for arm, flags in protocol.arms.items():
-            argv = compare.train_argv(protocol.settings, flags, 0, 'unused')
+            argv = compare.train_argv(settings, flags, 0, 'unused')
             a = parse(argv)
             assert a.method in compare.METHODS, (name, arm)
         for a_, b_, claimed, paper in protocol.claims:

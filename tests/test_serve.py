@@ -127,7 +127,7 @@ def test_a_prompt_file_that_disagrees_with_itself_and_an_out_file_that_exists_ar
         return str(tmp_path / name)
     cases = [(variant('size.safetensors', img_size=64), 'disagrees with itself'),
              (variant('method.safetensors', method='lotep_cp'), 'disagrees with itself'),
-             (variant('classes.safetensors', classes=['a', 'b']), 'names 2 classes'),
+             (variant('classes.safetensors', classes=['a', 'b']), 'do not fit'),  # 2 names, a 10-class head
              (variant('shapes.safetensors', state={**state, 'prompt.B': torch.zeros(3, 32, 5)}), 'do not fit'),
              (variant('extra.safetensors', state={**state, 'prompt.C': torch.zeros(2)}), 'another model')]
     header_less = {k: v for k, v in header.items() if k != 'classes'}

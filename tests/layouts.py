@@ -1,0 +1,91 @@
+"""Small data sets in the layouts users bring, written from real offline images (../shared/data): an image folder from
+CIFAR-10, and VTAB-1k-format tasks from CIFAR-10 and the Tiny-ImageNet subset (real images, real labels, a few
+hundred in all). The tests build them in a temporary folder; run it to look at them.
+
+    python tests/layouts.py OUT      # OUT/folder/{train,val,test}/<class>/*.png, OUT/vtab-1k/{eurosat,clevr_dist}/...
+
+The VTAB tasks borrow two task names for their class counts and groups: 'eurosat' (Specialized, 10 classes) holds
+CIFAR-10 images with their labels, 'clevr_dist' (Structured, 6 classes) the first 6 Tiny-ImageNet classes.
+"""
+import os
+import sys
+import zipfile
+
+import numpy as np
+from PIL import Image
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from data import CIFAR10_CLASSES, SHARED_DATA  # noqa: E402
+
+SPLITS = {'train': 8, 'val': 2, 'test': 5}  # images per class in each split
+
+
+def cifar_images(per_class, classes=range(10)):
+    """{class: [per_class uint8 HWC images]} from CIFAR-10's training set, in the original order."""
+    with np.load(os.path.join(SHARED_DATA, 'cifar10.npz')) as d:
+        x, y = d['x_train'], d['y_train']
+    return {c: [x[i] for i in np.flatnonzero(y == c)[:per_class]] for c in classes}
+
+
+def tiny_images(per_class, n_classes):
+    """{class index: [JPEG bytes]} of the first n Tiny-ImageNet classes (sorted wnids), from the subset archive."""
+    with zipfile.ZipFile(os.path.join(SHARED_DATA, 'tiny-imagenet-200-subset.zip')) as z:
+        wnids = sorted(z.read('tiny-imagenet-200/wnids.txt').decode().split())[:n_classes]
+        return {c: [z.read(f'tiny-imagenet-200/train/{w}/images/{w}_{k}.JPEG') for k in range(per_class)]
+                for c, w in enumerate(wnids)}
+
+
+def image_folder(out, classes=(0, 1, 2, 3)):
+    """out/{train,val,test}/<class name>/<k>.png: 8 / 2 / 5 CIFAR-10 images per class, names as CIFAR-10's."""
+    images = cifar_images(sum(SPLITS.values()), classes)
+    for c, ims in images.items():
+        start = 0
+        for split, n in SPLITS.items():
+            folder = os.path.join(out, split, CIFAR10_CLASSES[c])
+            os.makedirs(folder, exist_ok=True)
+            for k, im in enumerate(ims[start:start + n]):
+                Image.fromarray(im).save(os.path.join(folder, f'{k}.png'))
+            start += n
+    return out
+
+
+def vtab_task(root, task, images):
+    """root/<task>/images/<split>_<class>_<k>.<ext> and the four split files, 'images/... label' per line, from
+    {class: [images]}: numpy arrays (saved as PNG) or JPEG bytes (written as they are)."""
+    lines = {split: [] for split in SPLITS}
+    os.makedirs(os.path.join(root, task, 'images'), exist_ok=True)
+    for c, ims in images.items():
+        start = 0
+        for split, n in SPLITS.items():
+            for k, im in enumerate(ims[start:start + n]):
+                name = f'images/{split}_{c}_{k}.' + ('jpg' if isinstance(im, bytes) else 'png')
+                path = os.path.join(root, task, name)
+                if isinstance(im, bytes):
+                    with open(path, 'wb') as f:
+                        f.write(im)
+                else:
+                    Image.fromarray(im).save(path)
+                lines[split].append(f'{name} {c}')
+            start += n
+    files = {'train800.txt': lines['train'], 'val200.txt': lines['val'],
+             'train800val200.txt': lines['train'] + lines['val'], 'test.txt': lines['test']}
+    for name, rows in files.items():
+        with open(os.path.join(root, task, name), 'w') as f:
+            f.write('\n'.join(rows) + '\n')
+    return os.path.join(root, task)
+
+
+def vtab(root):
+    """Two VTAB-1k-format tasks in root: eurosat (CIFAR-10, 10 classes) and clevr_dist (Tiny-ImageNet, 6 classes)."""
+    per_class = sum(SPLITS.values())
+    vtab_task(root, 'eurosat', cifar_images(per_class))
+    vtab_task(root, 'clevr_dist', tiny_images(per_class, 6))
+    return root
+
+
+if __name__ == '__main__':
+    out = sys.argv[1] if len(sys.argv) > 1 else 'layouts'
+    image_folder(os.path.join(out, 'folder'))
+    vtab(os.path.join(out, 'vtab-1k'))
+    print(f'wrote {out}/folder and {out}/vtab-1k')
