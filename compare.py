@@ -79,6 +79,11 @@ class Job:
     arm: str = ''
     seed: int = 0
     result: dict = None  # the summary (+ wall_s), {'diverged': True, ...} or {'failed': why, 'log': path}
+    recorded: dict = None  # what the table on disk recorded of this very command, if its run folder is gone
+
+    @property
+    def command(self):
+        return 'python train.py ' + ' '.join(self.argv)
 
 
 BUSY = 'busy'  # start(): another process is running this run now
@@ -87,9 +92,13 @@ BUSY = 'busy'  # start(): another process is running this run now
 def start(job, threads, gpu, report=False):
     """Launch one train.py (or read back a finished run); returns a Popen, None when there is nothing to run, or BUSY
     when another process runs it now (run_all waits for it). report: launch nothing; a run not finished is pending."""
+    if job.recorded is not None and not os.path.exists(os.path.join(job.out, 'summary.json')):
+        job.result = dict(job.recorded)  # its folder was deleted (or never copied here): the table has its summary
+        print(f'{job.label}: done before, read back from the table', flush=True)
+        return None
     config = read_json(os.path.join(job.out, 'config.json')) or {}
     made_by = config.get('command')
-    if made_by is not None and made_by != 'python train.py ' + ' '.join(job.argv):
+    if made_by is not None and made_by != job.command:
         raise SystemExit(f'error: {job.out} holds a run made with other settings ({made_by}); remove it, or give '
                          f'this comparison another --tag or --runs-dir')
     os.makedirs(os.path.dirname(job.out) or '.', exist_ok=True)
@@ -226,7 +235,7 @@ def edges(tuning, tune, extend):
 
 
 def tune_arms(name, arm_flags, tune, extend, settings, extra, runs_dir, jobs_n, report=False,
-              tune_flags=('--val-split', '0.1', '--no-test')):
+              tune_flags=('--val-split', '0.1', '--no-test'), recorded=None):
     """arm -> {chosen configuration, its flags and point, every configuration's val acc (or 'diverged'), the runs'
     wall time}, chosen on the final epoch's validation accuracy (what the final runs report is the final epoch's; ties:
     the lower final training loss); the failed tuning runs; and the axes extended (notes). With report, an arm whose
@@ -238,8 +247,10 @@ def tune_arms(name, arm_flags, tune, extend, settings, extra, runs_dir, jobs_n, 
             configs, added = grid(flags_of_arm, tune, settings, tune_flags)
             for config, (flags, point) in configs.items():
                 out = os.path.join(runs_dir, 'tune', f'{arm}-{config}'.replace(' ', '_').replace('=', ''))
-                argv = train_argv(settings, flags_of_arm + flags + added, 0, out, extra)
-                jobs[arm, config] = (Job(f'[tune {name}] {arm} {config}', argv, out), flags, point)
+                job = Job(f'[tune {name}] {arm} {config}', train_argv(settings, flags_of_arm + flags + added, 0, out,
+                                                                      extra), out)
+                job.recorded = recorded.get(job.command)
+                jobs[arm, config] = (job, flags, point)
         run_all([j for j, _, _ in jobs.values()], jobs_n, report)
         tuning = {}
         for arm in arm_flags:
@@ -257,11 +268,16 @@ def tune_arms(name, arm_flags, tune, extend, settings, extra, runs_dir, jobs_n, 
                   flush=True)
         grow = edges(tuning, tune, extend)
         if not grow:
-            return tuning, [j for j, _, _ in jobs.values() if 'failed' in j.result], notes
+            done = {j.command: {k: v for k, v in j.result.items() if k in TUNING_RECORD} for j, _, _ in jobs.values()
+                    if 'final_val_acc' in j.result or j.result.get('diverged')}
+            return tuning, [j for j, _, _ in jobs.values() if 'failed' in j.result], notes, done
         for axis, value, arms in grow:  # report too: the configurations an extension adds are listed as pending
             tune[axis] = tuple(sorted({*tune[axis], value}))
             notes.append(f'{axis} axis extended to x{value:g} for every arm: {", ".join(arms)} chose its edge')
             print(f'[tune {name}] {notes[-1]}', flush=True)
+
+
+TUNING_RECORD = ('final_val_acc', 'val_acc', 'train_loss', 'diverged', 'wall_s')  # what a table keeps of a tuning run
 
 
 def train_argv(settings, arm_flags, seed, out, extra=()):
@@ -607,10 +623,12 @@ class Plan:
 def compare(plan, name, settings, runs_dir):
     """Tuning, the final runs, the cost columns and the table of one data set: (rows, failed jobs)."""
     protocol, extra, arms = plan.protocol, plan.extra, list(plan.arms)
-    tuning, failed, notes = {}, [], []
+    on_disk = results.read(name) or {}  # its runs' records: a run whose folder is gone is read back from them
+    tuning, failed, notes, tuning_runs = {}, [], [], {}
     if plan.tune:
-        tuning, failed, notes = tune_arms(name, plan.tuned_arms, plan.tune, plan.extend, settings, extra, runs_dir,
-                                          plan.jobs, plan.report, protocol.tune_flags)
+        tuning, failed, notes, tuning_runs = tune_arms(name, plan.tuned_arms, plan.tune, plan.extend, settings, extra,
+                                                       runs_dir, plan.jobs, plan.report, protocol.tune_flags,
+                                                       on_disk.get('tuning_runs', {}))
     for arm, like in protocol.tuned_like.items():  # an ablation keeps its method's hyper-parameters
         if arm in arms and like in tuning:
             tuning[arm] = dict(chosen=f'as {like}: {tuning[like]["chosen"]}', flags=tuning[like]['flags'], tried={})
@@ -623,8 +641,12 @@ def compare(plan, name, settings, runs_dir):
                 out = os.path.join(runs_dir, f'{arm}-s{seed}'.replace(' ', '_').replace('=', ''))
                 jobs.append(Job(f'[{name}] {arm} seed {seed}', train_argv(settings, final_argv[arm], seed, out, extra),
                                 out, arm, seed))
+    recorded = {r['command']: r for r in on_disk.get('runs', []) if 'command' in r and 'test_acc' in r}
+    for j in jobs:
+        j.recorded = recorded.get(j.command)
     run_all(jobs, plan.jobs, plan.report)
-    runs = [{**j.result, 'arm': j.arm, 'seed': j.seed} for j in jobs if not j.result.get('pending')]
+    runs = [{**j.result, 'arm': j.arm, 'seed': j.seed, 'command': j.command} for j in jobs
+            if not j.result.get('pending')]
     failed += [j for j in jobs if 'failed' in j.result]
     pending = [j for j in jobs if j.result.get('pending')]
     costs = {}
@@ -645,6 +667,7 @@ def compare(plan, name, settings, runs_dir):
             arms = list(dict.fromkeys(previous['arms'] + arms))
             costs = {**previous.get('bench', {}), **costs}
             notes = list(dict.fromkeys(previous.get('grid_notes', []) + notes))
+            tuning_runs = {**previous.get('tuning_runs', {}), **tuning_runs}
         seeds = sorted({r['seed'] for r in runs} | {j.seed for j in jobs})
         tune_wall = sum(t.get('wall_s', 0.0) for t in tuning.values())
         have = {(r['arm'], r['seed']) for r in runs}  # a merged table may hold a run --report found unfinished
@@ -659,7 +682,7 @@ def compare(plan, name, settings, runs_dir):
         results.write(name, dict(protocol=name.split('/')[0], name=name, changes=plan.changes,
                                  settings=shown(settings), extra=extra, seeds=seeds, arms=arms, tuning=tuning,
                                  grid_notes=notes, claims=claims, wall_s=wall, tune_wall_s=tune_wall, bench=costs,
-                                 rows=rows, runs=runs), md)
+                                 rows=rows, runs=runs, tuning_runs=tuning_runs), md)
         if any(r['accs'] for r in rows):
             figures(name, rows)
     print(md)

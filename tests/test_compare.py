@@ -5,6 +5,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -394,3 +395,17 @@ def test_the_cost_columns_come_from_bench_once_per_arm(tmp_path, monkeypatch):
     cells = [c.strip() for c in line.strip('|').split('|')]
     assert cells[-2:] == [f'{cost["memory_mb"]:.1f}', f'{cost["memory_ratio"]:.3f}']
     assert cells[-4] == f'{cost["step_ratio"]:.3f}' and cost['trainable'] == saved['rows'][1]['params']
+
+
+def test_runs_whose_folders_are_gone_are_read_back_from_the_table(tmp_path, monkeypatch, capsys):
+    """The table keeps each run's summary and command (and each tuning run's validation figures): a comparison whose
+    run folders were deleted, or never copied to this machine, continues from the table and trains nothing again."""
+    monkeypatch.chdir(tmp_path)
+    argv = ['--protocol', 'offline-tiny', '--tag', 'g', '--methods', 'lp', '--seeds', '0', *TINY, '--tune-lr', '1']
+    first = compare.main(argv)
+    shutil.rmtree(tmp_path / 'runs')
+    capsys.readouterr()
+    again = compare.main(argv)
+    out = capsys.readouterr().out
+    assert 'running' not in out and out.count('read back from the table') == 2  # a tuning run and a final run
+    assert again[0]['accs'] == first[0]['accs'] and not (tmp_path / 'runs' / 'offline-tiny-g' / 'lp-s0').exists()
