@@ -85,6 +85,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--val-split', type=FRACTION, default=0.0, help='fraction of training images held out for selection')
     p.add_argument('--no-test', action='store_true', help='evaluate no test image (a tuning run: it selects on the '
                                                           '--val-split images only)')
+    p.add_argument('--test-every', type=POS_INT, default=1, help='evaluate the test set every N epochs and after the '
+                                                                 'last (default 1; large test sets, e.g. VTAB-1k\'s)')
     p.add_argument('--weights', help='a local checkpoint for --model (timm naming, .safetensors, or lukemelas '
                                      'EfficientNet naming): all of the backbone is loaded from it, or the run stops')
     p.add_argument('--no-pretrained', action='store_true', help='random backbone weights, on purpose')

@@ -50,6 +50,15 @@ class SpikeFunction(torch.autograd.Function):
         return grad * (a / 2) / (1 + (math.pi * a * v / 2) ** 2), None, None
 
 
+def surrogate_grad(v, alpha, surrogate):
+    """dTheta/dv as SpikeFunction's backward takes it (sigmoid: alpha s (1 - s), s = sigmoid(alpha v); atan), for
+    SparsePrompt. Written twice on purpose: SpikeFunction is the reference path's, which the tests compare with."""
+    if surrogate == 'sigmoid':
+        s = torch.sigmoid(alpha * v)
+        return alpha * s * (1 - s)
+    return (alpha / 2) / (1 + (math.pi * alpha * v / 2) ** 2)
+
+
 def lif_step(P_t, V, *, tau, v_th, v_reset, spike):
     """One time step of leaky integrate-and-fire neurons, element-wise: input P_t, membrane V_{t-1} -> S_t, H_t, V_t."""
     # Eq. (6): H_t = V_{t-1} + (P_t - (V_{t-1} - V_reset)) / tau   (input scaled by 1/tau: SpikingJelly's decay_input)
@@ -99,8 +108,14 @@ class LoRSP(nn.Module):
         self._stats = None
 
     def forward(self, x):  # (B, c, L, L) -> (B, c, L, L)
-        sparse_prompt = _compiled_sparse_prompt() if self.compiled else LoRSP.sparse_prompt
-        P_hat, spike_rate = sparse_prompt(self, x)
+        if self.compiled:
+            P_hat, spike_rate = _compiled_sparse_prompt()(self, x)
+        elif self.mode == 'lif' and self.combine == 'mean':
+            # Eq. (4): A_x = x W; then Eqs. (5)-(9) as one node, SparsePrompt (sparse_prompt below is the same maths)
+            P_hat, spike_rate = SparsePrompt.apply(x @ self.W, self.B, self)
+            spike_rate = spike_rate if len(spike_rate) else None
+        else:
+            P_hat, spike_rate = self.sparse_prompt(x)
         if not self.training:
             self._record(P_hat, spike_rate)
         # Eq. (10): x_hat = x + P_hat; the backbone's normalization comes after
@@ -122,9 +137,7 @@ class LoRSP(nn.Module):
         return P_hat / self.n, torch.stack(rates) if rates else None  # ... (1/n) sum_t S_t P_t
 
     def factor(self, A_k):  # Eq. (5): (B, c, L, r) -> P_k (B, c, L, L)
-        if self.orientation == 'cols':
-            return self.B @ A_k.transpose(-1, -2)  # P_k[c, i, j] = sum_t B[c, i, t] A^k[c, j, t]
-        return A_k @ self.B.transpose(-1, -2)  # rows: P_k[c, i, j] = sum_t A^k[c, i, t] B[c, j, t]
+        return factor(self.B, A_k, self.orientation)
 
     def factors(self, x):  # all n factors, stacked: (B, c, L, L) -> (B, n, c, L, L) (figures, Eq. 9 variants)
         A = (x @ self.W).unflatten(-1, (self.n, self.r))  # (B, c, L, n, r)
@@ -170,6 +183,81 @@ class LoRSP(nn.Module):
         return size * rank * (channels + factors)  # Eqs. (13)-(15): #B = c L r, #W = L n r
 
 
+# ---- Eqs. (5)-(9) as one autograd node: the path LoRSP trains and infers with ----
+
+class SparsePrompt(torch.autograd.Function):
+    """P_hat = (1/n) sum_t S_t P_t over the n factors P_t = B (A^t)^T, with the LIF of Eqs. (6)-(8), as one node.
+
+    The same maths as LoRSP.sparse_prompt (which autograd differentiates, and which the tests take as the reference),
+    written out so that each time step makes few passes through memory and backward keeps only what it needs: the
+    membrane potentials H_t (S_t = Theta(H_t - V_th) is recomputed from them) and the factors' inputs A; the products
+    P_t are made again in backward, one small batched product each. Backward runs the equations in reverse, the
+    surrogate gradient and the hard reset's included (the reset V_t = H_t (1 - S_t) + V_reset S_t is differentiated
+    through S_t too, as autograd does on the reference)."""
+
+    @staticmethod
+    def forward(ctx, A, basis, m):  # A: (B, c, L, n r) = x W; basis: B (c, L, r); m: the LoRSP module (constants)
+        A = A.unflatten(-1, (m.n, m.r))  # (B, c, L, n, r)
+        dtype = torch.promote_types(A.dtype, torch.float32)  # under bf16 autocast: products in bf16, the LIF in fp32
+        V = torch.full(A.shape[:3] + A.shape[2:3], float(m.v_reset), dtype=dtype, device=A.device)  # V_0
+        P_hat, H_all, rates = torch.zeros_like(V), [], []
+        for t in range(m.n):
+            P = factor(basis.to(A.dtype), A[..., t, :], m.orientation).to(dtype)  # Eq. (5): P_t, (B, c, L, L)
+            # Eq. (6): H_t = V_{t-1} + (P_t - (V_{t-1} - V_reset)) / tau = (P_t + (tau - 1) V_{t-1} + V_reset) / tau
+            H = torch.add(P, V, alpha=m.tau - 1).add_(m.v_reset).div_(m.tau)
+            # Eq. (7): S_t = Theta(H_t - V_th)
+            S = H >= m.v_th
+            # Eq. (9), summed here: P_hat += S_t P_t
+            P_hat += torch.where(S, P, 0.0)
+            # Eq. (8): V_t = H_t (1 - S_t) + V_reset S_t, the hard reset
+            V = torch.where(S, m.v_reset, H)
+            H_all.append(H)
+            if not m.training:
+                rates.append(S.float().mean())  # a diagnostic (pop_stats)
+        ctx.save_for_backward(A, basis, *H_all)
+        ctx.m = m
+        rates = torch.stack(rates) if rates else torch.zeros(0, device=A.device)
+        ctx.mark_non_differentiable(rates)
+        return P_hat.div_(m.n), rates  # Eq. (9): (1/n) sum_t S_t P_t
+
+    @staticmethod
+    def backward(ctx, grad, _):
+        A, basis, *H_all = ctx.saved_tensors
+        m = ctx.m
+        G = grad.to(H_all[0].dtype) / m.n  # dL/d(S_t P_t), the same for every t
+        B32 = basis.to(G.dtype)
+        dA, dB = torch.zeros(A.shape, dtype=G.dtype, device=A.device), torch.zeros_like(B32)
+        dV = torch.zeros_like(G)  # dL/dV_t, from the steps after t (none after the last)
+        for t in reversed(range(m.n)):
+            H, A_t = H_all[t], A[..., t, :]
+            P = factor(basis.to(A.dtype), A_t, m.orientation).to(G.dtype)  # P_t again, as forward made it
+            A_t = A_t.to(G.dtype)
+            S = (H >= m.v_th).to(G.dtype)
+            dS_dH = surrogate_grad(H - m.v_th, m.alpha, m.surrogate)  # the surrogate of dTheta/dv
+            # Eqs. (8)-(9): S_t reaches the loss through S_t P_t / n and through the reset V_t = H_t (1 - S_t) + V_r S_t
+            dS = G * P + dV * (m.v_reset - H)
+            # Eq. (7) with the surrogate, and Eq. (8)'s direct path H_t (1 - S_t)
+            dH = dS * dS_dH + dV * (1 - S)
+            # Eq. (9) and Eq. (6): P_t enters S_t P_t / n and H_t = (P_t + (tau - 1) V_{t-1} + V_reset) / tau
+            dP = G * S + dH / m.tau
+            # Eq. (6): dH_t / dV_{t-1} = (tau - 1) / tau
+            dV = dH * ((m.tau - 1) / m.tau)
+            # Eq. (5): P_t = B (A^t)^T (cols) or A^t B^T (rows)
+            if m.orientation == 'cols':
+                dB += (dP @ A_t).sum(0)
+                dA[..., t, :] = dP.transpose(-1, -2) @ B32
+            else:
+                dA[..., t, :] = dP @ B32
+                dB += (dP.transpose(-1, -2) @ A_t).sum(0)
+        return dA.flatten(-2).to(A.dtype), dB.to(basis.dtype), None
+
+
+def factor(basis, A_t, orientation):  # Eq. (5): (c, L, r) and (B, c, L, r) -> P_t (B, c, L, L)
+    if orientation == 'cols':
+        return basis @ A_t.transpose(-1, -2)  # P_t[c, i, j] = sum_k B[c, i, k] A^t[c, j, k]
+    return A_t @ basis.transpose(-1, -2)  # rows: P_t[c, i, j] = sum_k A^t[c, i, k] B[c, j, k]
+
+
 _COMPILED = {}
 
 
@@ -195,9 +283,13 @@ def lpf(m, x):  # LPF: a dense instance-specific prompt
 def topk(m, x):  # keep the largest (1 - sparsity) fraction of |mean factor| per image, zero the rest
     P = mean_factor(m, x)
     flat = P.flatten(1)  # (B, c L L)
-    keep = flat.shape[1] - round(m.sparsity * flat.shape[1])
-    mask = torch.zeros_like(flat).scatter_(1, flat.abs().topk(keep, dim=1).indices, 1.0)
-    return (flat * mask).view_as(P), None
+    drop = round(m.sparsity * flat.shape[1])  # entries zeroed in each image
+    if drop == 0:
+        return P, None
+    # a threshold, not a sort: the drop-th smallest |entry| of each image; entries above it are kept, and entries
+    # tied with it are zeroed (so at most the requested fraction is kept)
+    threshold = flat.abs().kthvalue(drop, dim=1, keepdim=True).values  # (B, 1)
+    return torch.where(flat.abs() > threshold, flat, 0.0).view_as(P), None
 
 
 def dropout(m, x):  # zero each entry with probability `sparsity` at training time, no rescaling

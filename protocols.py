@@ -87,14 +87,15 @@ PROTOCOLS = {
         'VTAB-1k: 19 tasks of 1,000 training images (train800 + val200), ViT-B/16 pretrained on ImageNet-21K '
         '(Google\'s original weights, as VPT), 224 px, 100 epochs, batch 64, bf16, on a GPU; per task every method '
         'gets the long protocol\'s grid (lr x init scale, an edge extended for every arm), trained on train800 and '
-        'selected on val200 at its final epoch, then 3 seeds trained on train800val200 and tested on test.txt',
+        'selected on val200 at its final epoch, then 3 seeds trained on train800val200 and tested on test.txt after '
+        'their last epoch (test sets of up to 73K images: testing every epoch would cost more than training)',
         dict(model='vit_base_patch16_224.orig_in21k', data_dir='data/vtab-1k', img_size=224, epochs=100,
              batch_size=64, precision='bf16'),
         {**methods('lp', 'vpt_deep', 'lorvp', 'lotep_cp', 'lotep_tk', 'lorsp'),
          'lora': ['--method', 'lora', '--lora-targets', 'q,v']}, (0, 1, 2),
         tune={'lr': (0.3, 1, 3), 'init': (0.3, 1, 3)},
         extend={'lr': (0.03, 0.1, 0.3, 1, 3, 10, 30), 'init': (0.1, 0.3, 1, 3, 10)},
-        tune_flags=('--splits', 'tune', '--no-test'), tasks=tuple(VTAB_1K),
+        tune_flags=('--splits', 'tune', '--no-test'), tasks=tuple(VTAB_1K), final_flags=('--test-every', '1000'),
         claims=(('lotep_cp', 'lorvp', 2.5, 'LoTeP: +2.5 over LoR-VP on average'),
                 ('lotep_tk', 'lorvp', 2.5, 'LoTeP: +2.5 over LoR-VP on average'),
                 ('lorsp', 'lorvp', 1.24, 'LoRSP: +1.24 over LoR-VP'),

@@ -232,7 +232,7 @@ def train(a, model, splits, run, ckpt=None):
         if splits.val is not None:
             row['val_acc'] = evaluate(net, splits.val, a)
         pop_stats(model)
-        if not a.no_test:  # tuning runs (--no-test) never look at the test images
+        if not a.no_test and ((epoch + 1) % a.test_every == 0 or epoch + 1 == a.epochs):  # tuning runs never do
             row['test_acc'] = evaluate(net, splits.test, a)
             row.update(pop_stats(model))  # method diagnostics on the test set (LoRSP spike rates, prompt density)
         history.append(row)
@@ -369,13 +369,13 @@ def finish(a, model, splits, run, history, train_time, images_seen, trainable):
                    dataset=a.dataset, seed=a.seed, epochs=a.epochs, img_size=a.img_size, precision=a.precision,
                    test_acc=history[-1].get('test_acc'), train_loss=history[-1]['train_loss'])
     if not a.no_test:
-        summary.update(best_test_acc=max(h['test_acc'] for h in history),
+        summary.update(best_test_acc=max(h['test_acc'] for h in history if 'test_acc' in h),
                        best_test_acc_is="the max over epochs on the test set: LoR-VP's protocol, which selects on test")
     if splits.val is not None:
         best = max(range(len(history)), key=lambda i: (history[i]['val_acc'], -i))  # first epoch of the best val acc
         summary.update(val_acc=history[best]['val_acc'], val_selected_epoch=best + 1,
                        final_val_acc=history[-1]['val_acc'])
-        if not a.no_test:
+        if 'test_acc' in history[best]:  # tested at that epoch (--test-every)
             summary['val_selected_test_acc'] = history[best]['test_acc']
     summary.update(trainable_params=trainable, backbone_params=model.backbone_params, train_time_s=train_time,
                    train_images_per_s=images_seen / max(train_time, 1e-9), processes=world()[1],

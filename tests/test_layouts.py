@@ -164,6 +164,7 @@ def test_the_vtab_protocol_end_to_end_on_two_tasks(made, tmp_path, monkeypatch):
         assert tune['args']['splits'] == 'tune' and tune['args']['no_test'] and tune['args']['val_split'] == 0.0
         final = json.loads((tmp_path / 'runs' / 'vtab-1k-t' / task / 'lp-s1' / 'config.json').read_text())
         assert final['args']['splits'] == 'final' and final['args']['dataset'] == f'vtab-1k:{task}'
+        assert final['args']['test_every'] == 1000  # tested after the last epoch only
     md = (tmp_path / 'results' / 'vtab-1k-t.md').read_text()
     assert '**2 of the 19 tasks**' in md and '**mean over the 2 tasks**' in md and '**mean of the group means**' in md
     lp = next(r for r in rows if r['arm'] == 'lp')

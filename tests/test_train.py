@@ -86,6 +86,12 @@ def test_the_cached_linear_probe_is_the_uncached_one(tmp_path, monkeypatch):
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
+def test_test_every_evaluates_the_test_set_every_n_epochs_and_after_the_last(tmp_path):
+    s = run(tmp_path, '--method', 'lp', '--epochs', '3', '--lr', '0.05', '--test-every', '2')
+    assert ['test_acc' in m for m in metrics(tmp_path)] == [False, True, True]
+    assert s['test_acc'] == metrics(tmp_path)[-1]['test_acc']
+
+
 def test_val_split_selects_an_epoch(tmp_path):
     s = run(tmp_path, '--method', 'lp', '--epochs', '2', '--lr', '0.05', '--val-split', '0.2')
     assert s['val_selected_epoch'] in (1, 2)
