@@ -105,6 +105,7 @@ class LoRSP(nn.Module):
         self.B = nn.Parameter(torch.zeros(channels, size, rank))  # the shared low-rank basis, (c, L, r)
         self.W = nn.Parameter(torch.randn(size, factors * rank) * init_std)  # the spatial projection, (L, n r)
         self.compiled = False  # compile(): the same maths in fused loops
+        self.record_stats = False  # train.py turns it on: spike rates, density at its evaluations (extra passes)
         self._stats = None
 
     def forward(self, x):  # (B, c, L, L) -> (B, c, L, L)
@@ -116,7 +117,7 @@ class LoRSP(nn.Module):
             spike_rate = spike_rate if len(spike_rate) else None
         else:
             P_hat, spike_rate = self.sparse_prompt(x)
-        if not self.training:
+        if self.record_stats and not self.training:
             self._record(P_hat, spike_rate)
         # Eq. (10): x_hat = x + P_hat; the backbone's normalization comes after
         return x + P_hat
@@ -132,7 +133,7 @@ class LoRSP(nn.Module):
             P_k = self.factor(A[..., k, :])  # Eq. (5): (B, c, L, L)
             S_k, _, V = lif_step(P_k, V, tau=self.tau, v_th=self.v_th, v_reset=self.v_reset, spike=self.spike)
             P_hat = P_hat + S_k * P_k  # Eq. (9): sum_t S_t P_t ...
-            if not self.training:
+            if self.record_stats and not self.training:
                 rates.append(S_k.mean())  # a diagnostic (pop_stats)
         return P_hat / self.n, torch.stack(rates) if rates else None  # ... (1/n) sum_t S_t P_t
 
@@ -212,7 +213,7 @@ class SparsePrompt(torch.autograd.Function):
             # Eq. (8): V_t = H_t (1 - S_t) + V_reset S_t, the hard reset
             V = torch.where(S, m.v_reset, H)
             H_all.append(H)
-            if not m.training:
+            if m.record_stats and not m.training:
                 rates.append(S.float().mean())  # a diagnostic (pop_stats)
         ctx.save_for_backward(A, basis, *H_all)
         ctx.m = m

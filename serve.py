@@ -100,19 +100,19 @@ def check_backbone(model, meta, path):
 
 class TaskPrompts:
     """The forward pre-hook of block l for a batch sorted by task: each task's images (a contiguous segment) get that
-    task's deep prompt at this block, or pass unchanged."""
+    task's deep prompt at this block, added in place; the other segments are not touched. In place is safe here, and
+    only here: serving runs without autograd and nothing else keeps a block's input (training adds out of place,
+    lotep.AddPrompt, because hooks and forward_intermediates may keep it)."""
 
     def __init__(self, server, l):
         self.server, self.l = server, l
 
     def __call__(self, block, args):
-        x, out = args[0], torch.empty_like(args[0])
+        x = args[0]
         for (start, stop), d in zip(self.server.segments, self.server.deep):
-            if d is not None and self.l < d.d:
-                torch.add(x[start:stop], d.prompt(self.l).to(x.dtype), out=out[start:stop])  # X_l + P_l of the task
-            else:
-                out[start:stop] = x[start:stop]
-        return (out,) + args[1:]
+            if d is not None and self.l < d.d and stop > start:
+                x[start:stop] += d.prompt(self.l).to(x.dtype)  # X_l + P_l of the task, on its images only
+        return None  # the input, changed in place
 
 
 class MultiTask(nn.Module):

@@ -123,6 +123,13 @@ def update_label_maps(model, batches, epoch):
             m.set_mapping(distributed.reduce_(m.count_sources(model, batches)))
 
 
+def record_stats(model):
+    """Method diagnostics (LoRSP's spike rates and prompt density) at this run's evaluations; off elsewhere."""
+    for m in model.modules():
+        if hasattr(m, 'record_stats'):
+            m.record_stats = True
+
+
 def pop_stats(model):
     stats = {}
     for m in model.modules():
@@ -188,6 +195,7 @@ def train(a, model, splits, run, ckpt=None):
         splits, net = cached_features(model, splits, a), model.head
         train_time += time.time() - t0
     ddp = distributed.data_parallel(net, a.device)  # torchrun: DDP averages the gradients in backward
+    record_stats(model)
     steps_per_epoch = math.ceil(len(splits.train) / a.batch_size)
     total = a.epochs * steps_per_epoch
     for epoch in range(start, a.epochs):

@@ -198,6 +198,10 @@ def test_stats_and_figures(tmp_path):
     m.eval()
     with torch.no_grad():
         m(torch.rand(5, 3, 16, 16))
+    assert m.pop_stats() == {}  # off unless asked (train.py asks): inference makes no extra pass for them
+    m.record_stats = True
+    with torch.no_grad():
+        m(torch.rand(5, 3, 16, 16))
     stats = m.pop_stats()
     assert len(stats['spike_rate']) == 3 and all(0 < s < 1 for s in stats['spike_rate'])
     assert 0 < stats['prompt_density'] < 1 and m.pop_stats() == {}

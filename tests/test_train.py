@@ -366,6 +366,7 @@ def test_every_methods_prompt_file_reproduces_its_runs_test_accuracy(tmp_path, m
                     '32', '--epochs', '1', '--train-per-class', '20', '--out', str(tmp_path / 'r')])
     acc = predict.main(['--prompt', str(tmp_path / 'r' / 'prompt.safetensors'), '--dataset', 'synthetic'])
     assert acc == s['test_acc'], method
+    assert ('spike_rate' in s) == (method == 'lorsp') and ('prompt_density' in s) == method.startswith('lorsp')
     saved, _ = read_prompt(str(tmp_path / 'r' / 'prompt.safetensors'))
     trained = torch.load(tmp_path / 'r' / 'checkpoint.pt', weights_only=False)['model']
     assert state_equal(saved, {k: v.cpu() for k, v in trained.items()}), method
