@@ -101,29 +101,27 @@ def start(job, threads, gpu, report=False):
     if made_by is not None and made_by != job.command:
         raise SystemExit(f'error: {job.out} holds a run made with other settings ({made_by}); remove it, or give '
                          f'this comparison another --tag or --runs-dir')
+    if report:  # nothing is created or started: a run is finished (read back), running now, or not finished
+        if launched_elsewhere(job) or RunDir(job.out).in_use():
+            job.result = {'pending': 'running now'}
+        elif os.path.exists(os.path.join(job.out, 'summary.json')):
+            job.result = read_back(job)
+        else:
+            job.result = {'pending': 'not finished'}
+        return None
     os.makedirs(os.path.dirname(job.out) or '.', exist_ok=True)
     guard = open(job.out + '.launch', 'a')  # held while this comparison runs it: another comparison waits
     try:
         fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         guard.close()
-        guard = None
-    if guard is None or RunDir(job.out).in_use():  # another comparison, or a train.py of its own, runs it now
-        if guard is not None:
-            guard.close()
-        if report:
-            job.result = {'pending': 'running now'}
-            return None
+        return BUSY
+    if RunDir(job.out).in_use():  # a train.py of its own runs it now
+        guard.close()
         return BUSY
     if os.path.exists(os.path.join(job.out, 'summary.json')):
         guard.close()
-        job.result = {**read_json(os.path.join(job.out, 'summary.json')),
-                      'wall_s': read_json(job.out + '.wall.json', {}).get('wall_s')}
-        print(f'{job.label}: done before, read back', flush=True)
-        return None
-    if report:
-        guard.close()
-        job.result = {'pending': 'not finished'}
+        job.result = read_back(job)
         return None
     resume = made_by is not None and os.path.exists(os.path.join(job.out, 'checkpoint.pt'))
     cmd = [sys.executable, os.path.join(HERE, 'train.py')] + (['--resume', '--out', job.out] if resume else job.argv)
@@ -135,6 +133,24 @@ def start(job, threads, gpu, report=False):
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
     proc.log, proc.guard, proc.t0 = log, guard, time.time()
     return proc
+
+
+def launched_elsewhere(job):
+    """Whether another comparison holds this run's launch lock now (it is running it)."""
+    if not os.path.exists(job.out + '.launch'):
+        return False
+    with open(job.out + '.launch', 'a') as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+    return False
+
+
+def read_back(job):
+    print(f'{job.label}: done before, read back', flush=True)
+    return {**read_json(os.path.join(job.out, 'summary.json')),
+            'wall_s': read_json(job.out + '.wall.json', {}).get('wall_s')}
 
 
 def finish(job, proc):

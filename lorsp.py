@@ -284,13 +284,13 @@ def lpf(m, x):  # LPF: a dense instance-specific prompt
 def topk(m, x):  # keep the largest (1 - sparsity) fraction of |mean factor| per image, zero the rest
     P = mean_factor(m, x)
     flat = P.flatten(1)  # (B, c L L)
-    drop = round(m.sparsity * flat.shape[1])  # entries zeroed in each image
-    if drop == 0:
-        return P, None
-    # a threshold, not a sort: the drop-th smallest |entry| of each image; entries above it are kept, and entries
-    # tied with it are zeroed (so at most the requested fraction is kept)
-    threshold = flat.abs().kthvalue(drop, dim=1, keepdim=True).values  # (B, 1)
-    return torch.where(flat.abs() > threshold, flat, 0.0).view_as(P), None
+    keep = flat.shape[1] - round(m.sparsity * flat.shape[1])  # entries kept in each image
+    if keep == 0:
+        return torch.zeros_like(P), None
+    # a threshold, not a sort: the smallest |entry| that is kept, the keep-th largest, found by one selection per
+    # image; entries tied with it are kept too (at init, when every entry is 0, all of them: the gradient reaches B)
+    threshold = flat.abs().kthvalue(flat.shape[1] - keep + 1, dim=1, keepdim=True).values  # (B, 1)
+    return torch.where(flat.abs() >= threshold, flat, 0.0).view_as(P), None
 
 
 def dropout(m, x):  # zero each entry with probability `sparsity` at training time, no rescaling

@@ -160,19 +160,22 @@ class Diverged(Exception):
 
 
 READ_EVERY = 10  # steps between reads of the epoch's running loss from the device (each read waits for the GPU)
-EXPLODED = 10  # a window's mean loss above EXPLODED x ln K (chance level) stops the run as diverged
+EXPLODED = 10  # a window's mean loss above EXPLODED x max(ln K, the first step's loss) stops the run as diverged
 
 
-def check_loss(window_loss, K, epoch, first, last):
-    """Stops a run whose training loss is not finite, or whose mean over steps first..last exceeds 10 ln K: a model
-    that gives the true class e^-23 of probability on average (K = 10), which no run that learns comes near (a fresh
-    head starts near ln K and falls). Healthy runs of every method stay far below it (README, When things go wrong)."""
+def check_loss(window_loss, K, first_loss, epoch, first, last):
+    """Stops a run whose training loss is not finite, or whose mean over steps first..last exceeds 10 x the larger of
+    ln K (chance level) and the loss of the run's first step: with K = 10 and a fresh head (which starts near ln K),
+    a model that gives the true class e^-23 of probability on average, which no run that learns comes near; a
+    backbone whose initial loss is far above chance (random weights) is held to its own start. Healthy runs of every
+    method stay far below it (README, When things go wrong)."""
     where = f'at epoch {epoch + 1}, steps {first}-{last}'
+    line = EXPLODED * max(math.log(K), first_loss)
     if not math.isfinite(window_loss):
         problem = f'the training loss became {window_loss} {where}'
-    elif window_loss > EXPLODED * math.log(K):
-        problem = (f'the training loss exploded to {window_loss:.4g} {where} (above {EXPLODED} x ln K = '
-                   f'{EXPLODED * math.log(K):.3g}; chance level is {math.log(K):.3g})')
+    elif window_loss > line:
+        problem = (f'the training loss exploded to {window_loss:.4g} {where} (above {EXPLODED} x max(ln K, the first '
+                   f'step\'s loss) = {line:.3g}; chance level is ln K = {math.log(K):.3g})')
     else:
         return
     raise Diverged(f'{problem}; the run stopped and its last checkpoint (epoch {epoch}) is kept. Try a lower --lr '
@@ -183,10 +186,11 @@ def train(a, model, splits, run, ckpt=None):
     """The epochs (from a checkpoint's, if given); returns the metrics of every epoch, training time, images seen."""
     rank, size = world()
     opt = make_optimizer(a, model)
-    history, start, train_time, images_seen = [], 0, 0.0, 0
+    history, start, train_time, images_seen, first_loss = [], 0, 0.0, 0, None
     if ckpt is not None:  # set-up loaded its model state
         opt.load_state_dict(ckpt['optimizer'])
         history, train_time, images_seen = ckpt['history'], ckpt['train_time_s'], ckpt['images_seen']
+        first_loss = ckpt.get('first_loss')
         start = len(history)
         print(f'resuming {run.path} after epoch {start}/{a.epochs}')
     net = model
@@ -226,9 +230,11 @@ def train(a, model, splits, run, ckpt=None):
             opt.step()
             sums += torch.stack([batch_loss.detach(), (logits.argmax(1) == y).sum() * (mine > 0)])
             seen += global_n
+            if first_loss is None:  # the run's first step, before any update: the explode rule's reference (one read)
+                first_loss = distributed.reduce_(batch_loss.detach().double()).item() / global_n
             if (i + 1) % READ_EVERY == 0 or i + 1 == len(dl):  # one wait for the device per READ_EVERY steps
                 loss_sum, correct = distributed.reduce_(sums.clone()).tolist()
-                check_loss((loss_sum - read['loss']) / (seen - read['seen']), splits.num_classes, epoch,
+                check_loss((loss_sum - read['loss']) / (seen - read['seen']), splits.num_classes, first_loss, epoch,
                            read['step'] + 1, i + 1)
                 read = dict(loss=loss_sum, correct=correct, seen=seen, step=i + 1)
                 if progress:
@@ -248,7 +254,7 @@ def train(a, model, splits, run, ckpt=None):
             print(f'epoch {epoch + 1}/{a.epochs}: ' + ' '.join(
                 f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}' for k, v in row.items() if k != 'epoch'))
             run.save_checkpoint(dict(model=trainable_state(model), optimizer=opt.state_dict(), history=history,
-                                     train_time_s=train_time, images_seen=images_seen))
+                                     train_time_s=train_time, images_seen=images_seen, first_loss=first_loss))
             run.write_metrics(history)
     return history, train_time, images_seen
 

@@ -265,11 +265,14 @@ def test_the_fused_node_keeps_less_for_backward_than_autograd_on_the_equations()
     assert fused <= 0.5 * reference, (fused, reference)
 
 
-def test_topk_zeroes_entries_tied_with_its_threshold(monkeypatch):
-    """The drop-th smallest |entry| is the threshold; entries tied with it are zeroed, so at most the requested
-    fraction is kept: |x| = 3, 1, 1, 2, 0.5, 1 with half zeroed (3): the threshold is 1, and only 3 and 2 stay."""
+def test_topk_keeps_entries_tied_with_its_threshold(monkeypatch):
+    """The keep-th largest |entry| is the threshold; entries tied with it are kept, so at least the requested fraction
+    is: |x| = 3, 1, 1, 2, 0.5, 1 with half kept (3): the threshold is 1, and only 0.5 is zeroed. All zero (at init):
+    all kept, so that the gradient reaches B."""
     m = lorsp.LoRSP(size=3, factors=1, rank=1, mode='topk', sparsity=0.5)
     P = torch.tensor([3.0, -1.0, 1.0, 2.0, 0.5, 1.0]).view(1, 1, 2, 3)
     monkeypatch.setattr(lorsp, 'mean_factor', lambda m, x: P)
     out, _ = lorsp.topk(m, None)
-    assert out.flatten().tolist() == [3.0, 0.0, 0.0, 2.0, 0.0, 0.0]
+    assert out.flatten().tolist() == [3.0, -1.0, 1.0, 2.0, 0.0, 1.0]
+    P = torch.zeros(1, 1, 2, 3)
+    assert torch.equal(lorsp.topk(m, None)[0], P)
