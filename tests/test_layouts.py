@@ -130,7 +130,8 @@ def test_train_and_predict_on_a_folder_name_its_classes(made, tmp_path, capsys):
     rows = predict.main(['--prompt', str(tmp_path / 'r' / 'prompt.safetensors'), image, '--top-k', '4'])
     assert {c for c, _ in rows[0]['top']} == {'airplane', 'automobile', 'bird', 'cat'}
     assert 'airplane' in capsys.readouterr().out
-    assert predict.main(['--prompt', str(tmp_path / 'r' / 'prompt.safetensors'), '--dataset', 'folder']) == s['test_acc']
+    prompt = str(tmp_path / 'r' / 'prompt.safetensors')
+    assert predict.main(['--prompt', prompt, '--dataset', 'folder']) == s['test_acc']
 
 
 def test_the_two_vtab_averages_against_a_hand_computation():

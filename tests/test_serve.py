@@ -93,7 +93,8 @@ def test_files_that_do_not_fit_are_refused_by_name(runs, tmp_path, capsys):
     save_file({'w': torch.zeros(2)}, str(tmp_path / 'foreign.safetensors'))
     (tmp_path / 'corrupt.safetensors').write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a": ')
     (tmp_path / 'bad.png').write_text('not an image')
-    other = train.main([*SYNTH, '--method', 'lorvp', '--no-pretrained', '--lr', '0.01', '--out', str(tmp_path / 'random')])
+    other = train.main([*SYNTH, '--method', 'lorvp', '--no-pretrained', '--lr', '0.01', '--out',
+                        str(tmp_path / 'random')])
     big = train.main([*SYNTH, '--img-size', '64', '--method', 'lorvp', '--lr', '0.01', '--out', str(tmp_path / 'big')])
     cases = [(['--prompt', str(tmp_path / 'nope.safetensors'), str(tmp_path / 'bad.png')], 'no such file'),
              (['--prompt', str(tmp_path / 'foreign.safetensors'), str(tmp_path / 'bad.png')], 'not a prompt file'),
