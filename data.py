@@ -18,8 +18,11 @@ Where the data comes from:
   vtab-1k:<task> a processed VTAB-1k task (VTAB_1K below): <data_dir>/<task>/ holds train800.txt, val200.txt,
                  train800val200.txt, test.txt (a 'relative/path label' per line) and the images. splits='final'
                  trains on train800val200 and tests on test; splits='tune' trains on train800 and validates on val200
+  fgvc:<task>    an FGVC task (FGVC below) in VPT's json splits: <data_dir>/{train,val,test}.json and its images;
+                 'final' trains on train + val and tests on test; 'tune' trains on train and validates on val
 """
 import io
+import json
 import os
 import pathlib
 import shutil
@@ -46,7 +49,12 @@ VTAB_1K = {'cifar': ('Natural', 100), 'caltech101': ('Natural', 102), 'dtd': ('N
            'kitti': ('Structured', 4), 'dsprites_loc': ('Structured', 16), 'dsprites_ori': ('Structured', 16),
            'smallnorb_azi': ('Structured', 18), 'smallnorb_ele': ('Structured', 9)}
 VTAB_FILES = {'final': ('train800val200.txt', None, 'test.txt'), 'tune': ('train800.txt', 'val200.txt', 'test.txt')}
-DATASETS = sorted(NUM_CLASSES) + ['folder'] + [f'vtab-1k:{t}' for t in VTAB_1K]
+# The five FGVC tasks as VPT distributes their splits: {image path: class id} in train.json, val.json (10% of the
+# official training images) and test.json, in the data set's folder; the image paths are relative to a folder that
+# differs by task. Number of classes, and that folder.
+FGVC = {'cub': (200, 'images'), 'nabirds': (555, 'images'), 'flowers': (102, ''), 'dogs': (120, 'Images'),
+        'cars': (196, '')}
+DATASETS = sorted(NUM_CLASSES) + ['folder'] + [f'vtab-1k:{t}' for t in VTAB_1K] + [f'fgvc:{t}' for t in FGVC]
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
 
 
@@ -55,11 +63,17 @@ def vtab_task(name):
     return name.split(':', 1)[1] if name.startswith('vtab-1k:') else None
 
 
+def fgvc_task(name):
+    """'fgvc:cub' -> 'cub'; None for another data set."""
+    return name.split(':', 1)[1] if name.startswith('fgvc:') else None
+
+
 def check_name(name):
     if name not in DATASETS:
         hint = f' (VTAB-1k tasks: {", ".join(VTAB_1K)})' if name.startswith('vtab') else ''
+        hint = hint or (f' (FGVC tasks: {", ".join(FGVC)})' if name.startswith('fgvc') else '')
         raise DataError(f'unknown dataset {name!r}; choose one of: {", ".join(sorted(NUM_CLASSES))}, folder, '
-                        f'vtab-1k:<task>{hint}')
+                        f'vtab-1k:<task>, fgvc:<task>{hint}')
 
 
 def num_classes(name, data_dir):
@@ -69,6 +83,8 @@ def num_classes(name, data_dir):
         return len(_folder_classes(os.path.join(data_dir, 'train')))
     if vtab_task(name):
         return VTAB_1K[vtab_task(name)][1]
+    if fgvc_task(name):
+        return FGVC[fgvc_task(name)][0]
     return NUM_CLASSES[name]
 
 
@@ -376,6 +392,41 @@ def _vtab(task, data_dir, splits):
     return train, test, val
 
 
+def _fgvc(task, data_dir, splits):
+    """An FGVC task in VPT's json splits: tune trains on train.json and validates on val.json; final trains on both
+    (the official training images) and tests on test.json. Class ids become labels 0..K-1 in sorted order, one
+    mapping for every split (VPT maps each split's own ids: a split lacking a class would shift its labels)."""
+    K, images = FGVC[task]
+    read = {}
+    for split in ('train', 'val', 'test'):
+        path = os.path.join(data_dir, f'{split}.json')
+        if not os.path.isfile(path):
+            raise DataError(f'{path}: missing; an FGVC task folder holds VPT\'s train.json, val.json and test.json '
+                            f'({{image path: class id}}) beside its images')
+        try:
+            with open(path) as f:
+                read[split] = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DataError(f'{path}: not JSON ({_first_line(e)})') from None
+        if not isinstance(read[split], dict) or not read[split]:
+            raise DataError(f'{path}: expected a non-empty {{image path: class id}} object')
+    ids = sorted({c for split in read.values() for c in split.values()})
+    if len(ids) != K:
+        raise DataError(f'{data_dir}: its json files name {len(ids)} classes; fgvc:{task} has {K}')
+    label = {c: i for i, c in enumerate(ids)}
+    root = os.path.join(data_dir, images)
+
+    def split_of(*names):
+        pairs = [(image, label[c]) for n in names for image, c in read[n].items()]
+        for image, _ in pairs:
+            if not os.path.isfile(os.path.join(root, image)):
+                raise DataError(f'{os.path.join(data_dir, names[0] + ".json")}: {image}: no such image in {root}')
+        return FileImages([os.path.join(root, image) for image, _ in pairs], [y for _, y in pairs])
+    if splits == 'tune':
+        return split_of('train'), split_of('test'), split_of('val')
+    return split_of('train', 'val'), split_of('test'), None
+
+
 def synthetic(num_classes=10, train_per_class=60, test_per_class=20, size=32, seed=0):
     """K classes, each a smooth random colour pattern (4x4 upsampled); samples add brightness jitter and pixel noise.
 
@@ -404,8 +455,8 @@ def load(name, *, data_dir, img_size, seed, train_per_class=None, test_limit=Non
     check_name(name)
     if splits not in VTAB_FILES:
         raise DataError(f'--splits must be final or tune, got {splits!r}')
-    if splits == 'tune' and not vtab_task(name):
-        raise DataError(f'--splits tune reads the split files of a VTAB-1k task; {name} has none (hold out '
+    if splits == 'tune' and not (vtab_task(name) or fgvc_task(name)):
+        raise DataError(f'--splits tune reads the split files of a VTAB-1k or FGVC task; {name} has none (hold out '
                         f'validation images with --val-split)')
     if not 0.0 <= val_split < 1.0:
         raise DataError(f'--val-split must be in [0, 1), got {val_split}')
@@ -423,11 +474,12 @@ def load(name, *, data_dir, img_size, seed, train_per_class=None, test_limit=Non
         train, test, own_val = _folder(data_dir)
     elif vtab_task(name):
         train, test, own_val = _vtab(vtab_task(name), data_dir, splits)
+    elif fgvc_task(name):
+        train, test, own_val = _fgvc(fgvc_task(name), data_dir, splits)
     else:
         train, test = _torchvision(name, data_dir)
     if own_val is not None and val_split:
-        raise DataError(f'--val-split {val_split}: {name} has validation images of its own '
-                        f'({"val/" if name == "folder" else "val200.txt"}); leave --val-split out')
+        raise DataError(f'--val-split {val_split}: {name} has validation images of its own; leave --val-split out')
 
     rng = np.random.default_rng(seed)
     labels = np.asarray(train.labels)

@@ -63,10 +63,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--dataset', default='cifar100', type=dataset_name, metavar='DATASET',
                    help=f'{", ".join(sorted(data.NUM_CLASSES))}; folder (your images: --data-dir/train/<class>/*, '
                         f'test/<class>/*, val/<class>/* if any); vtab-1k:<task> (a processed VTAB-1k task in '
-                        f'--data-dir/<task>/: {", ".join(data.VTAB_1K)})')
+                        f'--data-dir/<task>/: {", ".join(data.VTAB_1K)}); fgvc:<task> (VPT\'s json splits in '
+                        f'--data-dir: {", ".join(data.FGVC)})')
     p.add_argument('--data-dir', default='data', help='where data sets are read or downloaded (default ./data)')
     p.add_argument('--splits', default='final', choices=['final', 'tune'], help='vtab-1k: final trains on '
-                   'train800val200 and tests on test.txt; tune trains on train800 and validates on val200')
+                   'train800val200 and tests on test.txt; tune trains on train800 and validates on val200 (fgvc: '
+                   'train + val / test, or train / val)')
     p.add_argument('--img-size', type=POS_INT, default=224)
     p.add_argument('--epochs', type=POS_INT, help='default: the method recipe (20 for the LoR-VP family)')
     p.add_argument('--batch-size', type=POS_INT, help='global batch (default: the recipe, 256 for the LoR-VP family)')

@@ -2,11 +2,13 @@
 CIFAR-10, and VTAB-1k-format tasks from CIFAR-10 and the Tiny-ImageNet subset (real images, real labels, a few
 hundred in all). The tests build them in a temporary folder; run it to look at them.
 
-    python tests/layouts.py OUT      # OUT/folder/{train,val,test}/<class>/*.png, OUT/vtab-1k/{eurosat,clevr_dist}/...
+    python tests/layouts.py OUT      # OUT/folder/{train,val,test}/<class>/*.png, OUT/vtab-1k/{eurosat,clevr_dist}/...,
+                                     # OUT/fgvc-cub/{images/, train.json, val.json, test.json}
 
 The VTAB tasks borrow two task names for their class counts and groups: 'eurosat' (Specialized, 10 classes) holds
 CIFAR-10 images with their labels, 'clevr_dist' (Structured, 6 classes) the first 6 Tiny-ImageNet classes.
 """
+import json
 import os
 import sys
 import zipfile
@@ -76,6 +78,25 @@ def vtab_task(root, task, images):
     return os.path.join(root, task)
 
 
+def fgvc_cub(root):
+    """A CUB-200-format FGVC task in root, as VPT's json splits have it: images/<class folder>/<file> and
+    {train,val,test}.json of {path under images/: class id}, ids 1-200 as CUB's; from the 200 Tiny-ImageNet classes,
+    one image of each in each split."""
+    images = tiny_images(3, 200)
+    splits = {split: {} for split in ('train', 'val', 'test')}
+    for c, ims in images.items():
+        folder = os.path.join(root, 'images', f'{c + 1:03d}.class')
+        os.makedirs(folder, exist_ok=True)
+        for k, (split, im) in enumerate(zip(splits, ims)):
+            with open(os.path.join(folder, f'{k}.jpg'), 'wb') as f:
+                f.write(im)
+            splits[split][f'{c + 1:03d}.class/{k}.jpg'] = c + 1
+    for split, rows in splits.items():
+        with open(os.path.join(root, f'{split}.json'), 'w') as f:
+            json.dump(rows, f)
+    return root
+
+
 def vtab(root):
     """Two VTAB-1k-format tasks in root: eurosat (CIFAR-10, 10 classes) and clevr_dist (Tiny-ImageNet, 6 classes)."""
     per_class = sum(SPLITS.values())
@@ -88,4 +109,5 @@ if __name__ == '__main__':
     out = sys.argv[1] if len(sys.argv) > 1 else 'layouts'
     image_folder(os.path.join(out, 'folder'))
     vtab(os.path.join(out, 'vtab-1k'))
-    print(f'wrote {out}/folder and {out}/vtab-1k')
+    fgvc_cub(os.path.join(out, 'fgvc-cub'))
+    print(f'wrote {out}/folder, {out}/vtab-1k and {out}/fgvc-cub')

@@ -1,6 +1,7 @@
 """Your own images and VTAB-1k, on real pixels: an image folder and VTAB-format tasks written from the offline
 CIFAR-10 and Tiny-ImageNet subset (tests/layouts.py) load with the right classes, labels and counts; every bad layout
 is one message naming the folder or the file and line; a folder-trained prompt file names its classes."""
+import io
 import os
 import shutil
 
@@ -21,7 +22,8 @@ pytestmark = [needs_cifar10, needs_tiny]
 @pytest.fixture(scope='module')
 def made(tmp_path_factory):
     root = tmp_path_factory.mktemp('layouts')
-    return dict(folder=layouts.image_folder(str(root / 'folder')), vtab=layouts.vtab(str(root / 'vtab')))
+    return dict(folder=layouts.image_folder(str(root / 'folder')), vtab=layouts.vtab(str(root / 'vtab')),
+                fgvc=layouts.fgvc_cub(str(root / 'fgvc')))
 
 
 def copy(made, key, tmp_path):
@@ -92,6 +94,24 @@ def test_greyscale_and_rgba_images_become_rgb(made, tmp_path):
     for i in images:
         x, _ = s.train.base.dataset[i]
         assert x.shape[0] == 3
+
+
+def test_an_fgvc_task_reads_vpts_json_splits_with_one_label_mapping(made, tmp_path):
+    tune = data.load('fgvc:cub', data_dir=made['fgvc'], img_size=64, seed=0, splits='tune')
+    final = data.load('fgvc:cub', data_dir=made['fgvc'], img_size=64, seed=0)
+    assert (len(tune.train), len(tune.val), len(tune.test), tune.num_classes) == (200, 200, 200, 200)
+    assert (len(final.train), final.val, len(final.test)) == (400, None, 200)  # train + val, the training images
+    raw = layouts.tiny_images(3, 200)
+    for i in (0, 57, 199):  # CUB's class id i + 1 is label i; the image is the one the json names
+        x, y = tune.test[tune.test.base.labels.index(i)]
+        expected = np.array(Image.open(io.BytesIO(raw[i][2])).convert('RGB'))  # (64, 64, 3)
+        assert y == i and torch.equal((x * 255).round().byte().permute(1, 2, 0), torch.from_numpy(expected))
+    f = copy(made, 'fgvc', tmp_path / 'a')
+    (f / 'val.json').unlink()
+    with pytest.raises(data.DataError, match='val.json: missing'):
+        data.load('fgvc:cub', data_dir=str(f), img_size=64, seed=0)
+    with pytest.raises(data.DataError, match='fgvc:dogs has 120'):  # CUB's 200 classes are not Stanford Dogs' 120
+        data.load('fgvc:dogs', data_dir=made['fgvc'], img_size=64, seed=0)
 
 
 def test_every_bad_vtab_task_is_one_message_naming_the_file_and_line(made, tmp_path):
