@@ -152,6 +152,7 @@ def interleaved(tasks: dict, reps: int, device: str) -> dict:
                 sync()
                 if rep:
                     times[name][job].append(time.perf_counter() - t0)
+        print(f'round {rep} of {reps} timed' if rep else 'warm-up round done', flush=True)  # progress of a long bench
     return times
 
 

@@ -366,8 +366,8 @@ def test_a_choice_on_an_edge_extends_that_axis_for_every_arm():
 
 def test_tuning_extends_the_grid_until_no_choice_lies_on_an_edge(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    tiny = dataclasses.replace(compare.PROTOCOLS['offline-tiny'], tune={'lr': (1, 3)},
-                               extend={'lr': (0.3, 1, 3)})
+    # a one-point grid: its choice lies on the lower edge, so the grid must grow (by x1, then maybe x0.3)
+    tiny = dataclasses.replace(compare.PROTOCOLS['offline-tiny'], tune={'lr': (3,)}, extend={'lr': (0.3, 1, 3)})
     monkeypatch.setitem(compare.PROTOCOLS, 'offline-tiny', tiny)
     compare.main(['--protocol', 'offline-tiny', '--tag', 'e', '--methods', 'lp,lorvp', '--seeds', '0', *TINY])
     saved = results(tmp_path, 'offline-tiny-e')
@@ -375,7 +375,7 @@ def test_tuning_extends_the_grid_until_no_choice_lies_on_an_edge(tmp_path, monke
     assert lrs['lp'] == lrs['lorvp']  # the same grid for every arm, extended or not
     final = {'lr': tuple(lrs['lp'])}
     assert compare.edges(saved['tuning'], final, tiny.extend) == []  # no choice left on an extendable edge
-    assert bool(saved['grid_notes']) == (0.3 in lrs['lp'])  # an extension is said
+    assert 1 in lrs['lp'] and saved['grid_notes']  # extended, and the extension is said
 
 
 def test_the_cost_columns_come_from_bench_once_per_arm(tmp_path, monkeypatch):
