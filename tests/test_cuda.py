@@ -101,8 +101,8 @@ def test_a_killed_run_resumes_and_predict_reproduces_its_accuracy(tmp_path, monk
 def test_torchrun_sets_up_its_group_and_trains_through_it(tmp_path):
     """One process still creates the real group (NCCL for CUDA tensors, gloo beside it for CPU ones) and trains
     through DDP."""
-    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '1', '--master_port',
-                        '29531', os.path.join(ROOT, 'train.py'), *RUN, '--method', 'lorvp', '--epochs', '1',
+    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '1', '--standalone',
+                        os.path.join(ROOT, 'train.py'), *RUN, '--method', 'lorvp', '--epochs', '1',
                         '--out', str(tmp_path / 'r')], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     s = json.loads((tmp_path / 'r' / 'summary.json').read_text())

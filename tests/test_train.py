@@ -328,8 +328,8 @@ def test_torchrun_on_two_cpu_processes_equals_one_process(tmp_path, method, labe
             '--batch-size', '79', '--val-split', '0.2', '--lr', '0.05']
     one = train.main([*args, '--out', str(tmp_path / 'one')])
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
-                        '29517', os.path.join(ROOT, 'train.py'), *args, '--out', str(tmp_path / 'two')],
+    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--standalone',
+                        os.path.join(ROOT, 'train.py'), *args, '--out', str(tmp_path / 'two')],
                        capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     two = json.loads((tmp_path / 'two' / 'summary.json').read_text())
