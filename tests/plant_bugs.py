@@ -23,9 +23,8 @@ BUGS = {
     'vpt tokens detached': ('baselines.py', 'prompt = self.prompts[i].expand(x.shape[0], -1, -1).to(x.dtype)',
                             'prompt = self.prompts[i].expand(x.shape[0], -1, -1).to(x.dtype).detach()',
                             'tests/test_methods.py'),
-    'lorsp W detached': ('lorsp.py', 'A = (x @ self.W).unflatten(-1, (self.n, self.r))  # (B, c, L, n r)',
-                         'A = (x @ self.W.detach()).unflatten(-1, (self.n, self.r))  # (B, c, L, n r)',
-                         'tests/test_methods.py'),
+    'lorsp W detached': ('lorsp.py', 'SparsePrompt.apply(x @ self.W, self.B, self)',  # the path LoRSP runs
+                         'SparsePrompt.apply(x @ self.W.detach(), self.B, self)', 'tests/test_methods.py'),
     'lpf W detached': ('lorsp.py', 'A = (x @ m.W).unflatten(-1, (m.n, m.r)).mean(-2)',
                        'A = (x @ m.W.detach()).unflatten(-1, (m.n, m.r)).mean(-2)', 'tests/test_methods.py'),
     'lotep channel factor detached': ('lotep.py', "return torch.einsum('ti,tj,tk->ijk', self.a, self.b, self.c)",
