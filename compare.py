@@ -40,7 +40,7 @@ import results
 import train
 from flags import NONNEG_INT, POS, POS_INT, parse
 from methods import METHODS
-from protocols import AUTOVP_SEARCH, PROTOCOLS
+from protocols import AUTOVP_SEARCH, PROTOCOLS, TUNE_FLAGS
 from rundir import RunDir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -110,11 +110,8 @@ def start(job, threads, gpu, report=False):
             job.result = {'pending': 'not finished'}
         return None
     os.makedirs(os.path.dirname(job.out) or '.', exist_ok=True)
-    guard = open(job.out + '.launch', 'a')  # held while this comparison runs it: another comparison waits
-    try:
-        fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        guard.close()
+    guard = launch_lock(job)  # held while this comparison runs it: another comparison waits
+    if guard is None:
         return BUSY
     if RunDir(job.out).in_use():  # a train.py of its own runs it now
         guard.close()
@@ -135,15 +132,25 @@ def start(job, threads, gpu, report=False):
     return proc
 
 
+def launch_lock(job):
+    """This run's launch lock, taken: the open file that holds it; None when another comparison holds it."""
+    guard = open(job.out + '.launch', 'a')
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        guard.close()
+        return None
+    return guard
+
+
 def launched_elsewhere(job):
-    """Whether another comparison holds this run's launch lock now (it is running it)."""
+    """Whether another comparison holds this run's launch lock now (it is running it); creates no file."""
     if not os.path.exists(job.out + '.launch'):
         return False
-    with open(job.out + '.launch', 'a') as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
+    guard = launch_lock(job)
+    if guard is None:
+        return True
+    guard.close()
     return False
 
 
@@ -203,7 +210,7 @@ def run_all(jobs, n, report=False):
 
 # ---- tuning on a validation split: the same grid for every arm ----
 
-def grid(arm_flags, tune, settings, tune_flags=('--val-split', '0.1', '--no-test')):
+def grid(arm_flags, tune, settings, tune_flags=TUNE_FLAGS):
     """The configurations tried for an arm: name -> (its flags, its point on the axes): lr multipliers x init scales
     (multipliers of the method's init std, or values; only where the method has a random prompt factor); AutoVP: its
     own search space, label mapping x image scale, as AutoVP searches. Also the flags every tuning run adds (its
@@ -250,8 +257,7 @@ def edges(tuning, tune, extend):
     return grow
 
 
-def tune_arms(name, arm_flags, tune, extend, settings, extra, runs_dir, jobs_n, report=False,
-              tune_flags=('--val-split', '0.1', '--no-test'), recorded=None):
+def tune_arms(name, arm_flags, tune, extend, settings, extra, runs_dir, jobs_n, *, report, tune_flags, recorded):
     """arm -> {chosen configuration, its flags and point, every configuration's val acc (or 'diverged'), the runs'
     wall time}, chosen on the final epoch's validation accuracy (what the final runs report is the final epoch's; ties:
     the lower final training loss); the failed tuning runs; and the axes extended (notes). With report, an arm whose
@@ -643,8 +649,9 @@ def compare(plan, name, settings, runs_dir):
     tuning, failed, notes, tuning_runs = {}, [], [], {}
     if plan.tune:
         tuning, failed, notes, tuning_runs = tune_arms(name, plan.tuned_arms, plan.tune, plan.extend, settings, extra,
-                                                       runs_dir, plan.jobs, plan.report, protocol.tune_flags,
-                                                       on_disk.get('tuning_runs', {}))
+                                                       runs_dir, plan.jobs, report=plan.report,
+                                                       tune_flags=protocol.tune_flags,
+                                                       recorded=on_disk.get('tuning_runs', {}))
     for arm, like in protocol.tuned_like.items():  # an ablation keeps its method's hyper-parameters
         if arm in arms and like in tuning:
             tuning[arm] = dict(chosen=f'as {like}: {tuning[like]["chosen"]}', flags=tuning[like]['flags'], tried={})

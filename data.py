@@ -417,11 +417,14 @@ def _fgvc(task, data_dir, splits):
     root = os.path.join(data_dir, images)
 
     def split_of(*names):
-        pairs = [(image, label[c]) for n in names for image, c in read[n].items()]
-        for image, _ in pairs:
-            if not os.path.isfile(os.path.join(root, image)):
-                raise DataError(f'{os.path.join(data_dir, names[0] + ".json")}: {image}: no such image in {root}')
-        return FileImages([os.path.join(root, image) for image, _ in pairs], [y for _, y in pairs])
+        files, labels = [], []
+        for n in names:
+            for image, c in read[n].items():
+                if not os.path.isfile(os.path.join(root, image)):
+                    raise DataError(f'{os.path.join(data_dir, n + ".json")}: {image}: no such image in {root}')
+                files.append(os.path.join(root, image))
+                labels.append(label[c])
+        return FileImages(files, labels)
     if splits == 'tune':
         return split_of('train'), split_of('test'), split_of('val')
     return split_of('train', 'val'), split_of('test'), None

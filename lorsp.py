@@ -289,8 +289,9 @@ def topk(m, x):  # keep the largest (1 - sparsity) fraction of |mean factor| per
         return torch.zeros_like(P), None
     # a threshold, not a sort: the smallest |entry| that is kept, the keep-th largest, found by one selection per
     # image; entries tied with it are kept too (at init, when every entry is 0, all of them: the gradient reaches B)
-    threshold = flat.abs().kthvalue(flat.shape[1] - keep + 1, dim=1, keepdim=True).values  # (B, 1)
-    return torch.where(flat.abs() >= threshold, flat, 0.0).view_as(P), None
+    magnitude = flat.abs()
+    threshold = magnitude.kthvalue(flat.shape[1] - keep + 1, dim=1, keepdim=True).values  # (B, 1)
+    return torch.where(magnitude >= threshold, flat, 0.0).view_as(P), None
 
 
 def dropout(m, x):  # zero each entry with probability `sparsity` at training time, no rescaling

@@ -25,7 +25,6 @@ import train
 from flags import NONNEG_INT, POS_INT, dataset_name, device_name
 from serve import MultiTask, PromptFileError, load_task
 
-EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 
 
 class Images(Dataset):
@@ -56,9 +55,9 @@ def expand(inputs, tasks):
         if task is not None and task >= tasks:
             raise PromptFileError(f'{item}: task {task}, but only {tasks} prompt file(s) were given')
         if os.path.isdir(path):
-            files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(EXTENSIONS))
+            files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(data.IMAGE_EXTENSIONS))
             if not files:
-                raise data.DataError(f'{path}: a folder without images ({", ".join(EXTENSIONS)})')
+                raise data.DataError(f'{path}: a folder without images ({", ".join(data.IMAGE_EXTENSIONS)})')
             out += [(task, f) for f in files]
         elif os.path.isfile(path):
             out.append((task, path))

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from data import SHARED_DATA, VTAB_1K
 
+TUNE_FLAGS = ('--val-split', '0.1', '--no-test')  # what makes a run a tuning run: validation images, no test image
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -28,7 +30,7 @@ class Protocol:
     claim_seeds: tuple = ()  # more seeds for the arms of the claims (default: seeds)
     extend: dict = field(default_factory=dict)  # axis -> its longer progression: when an arm's choice lies on an
     # edge of the grid, the axis grows by the next value of the progression, for every arm, until none does
-    tune_flags: tuple = ('--val-split', '0.1', '--no-test')  # what makes a run a tuning run: its validation images
+    tune_flags: tuple = TUNE_FLAGS  # what makes a run a tuning run (vtab-1k: its own val200 split)
     tasks: tuple = ()  # a multi-task protocol: each task a data set of its own (vtab-1k:<task>), then their means
 
     def seeds_of(self, arm):
