@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -85,6 +86,18 @@ class Job:
     def command(self):
         return 'python train.py ' + ' '.join(self.argv)
 
+    @property
+    def identity(self):
+        return identity(self.command)
+
+
+WHERE = ('out', 'data_dir')  # where a run and its data lie: a runs folder moves, the data is read from anywhere
+
+
+def identity(command):
+    """What a run computes: its train.py command less --out and --data-dir (their values run to the next flag)."""
+    return re.sub(r' --(?:out|data-dir) .*?(?= --|$)', '', command)
+
 
 BUSY = 'busy'  # start(): another process is running this run now
 
@@ -98,7 +111,7 @@ def start(job, threads, gpu, report=False):
         return None
     config = read_json(os.path.join(job.out, 'config.json')) or {}
     made_by = config.get('command')
-    if made_by is not None and made_by != job.command:
+    if made_by is not None and identity(made_by) != job.identity:
         raise SystemExit(f'error: {job.out} holds a run made with other settings ({made_by}); remove it, or give '
                          f'this comparison another --tag or --runs-dir')
     if report:  # nothing is created or started: a run is finished (read back), running now, or not finished
@@ -121,7 +134,9 @@ def start(job, threads, gpu, report=False):
         job.result = read_back(job)
         return None
     resume = made_by is not None and os.path.exists(os.path.join(job.out, 'checkpoint.pt'))
-    cmd = [sys.executable, os.path.join(HERE, 'train.py')] + (['--resume', '--out', job.out] if resume else job.argv)
+    data_dir = job.argv[job.argv.index('--data-dir'):][:2] if '--data-dir' in job.argv else []  # this machine's
+    cmd = [sys.executable, os.path.join(HERE, 'train.py')] + (['--resume', '--out', job.out, *data_dir] if resume
+                                                              else job.argv)
     print(f'{job.label}: {"resuming" if resume else "running"} {" ".join(cmd[1:])}', flush=True)
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads)}
     if gpu is not None:
@@ -271,7 +286,7 @@ def tune_arms(name, arm_flags, tune, extend, settings, extra, runs_dir, jobs_n, 
                 out = os.path.join(runs_dir, 'tune', f'{arm}-{config}'.replace(' ', '_').replace('=', ''))
                 job = Job(f'[tune {name}] {arm} {config}', train_argv(settings, flags_of_arm + flags + added, 0, out,
                                                                       extra), out)
-                job.recorded = recorded.get(job.command)
+                job.recorded = recorded.get(job.identity)
                 jobs[arm, config] = (job, flags, point)
         run_all([j for j, _, _ in jobs.values()], jobs_n, report)
         tuning = {}
@@ -567,8 +582,7 @@ def main(argv=None):
     protocol = PROTOCOLS[a.protocol]
     settings = dict(protocol.settings)
     changed = {k: int(v) if v.isdigit() else v for k in FLAGS if (v := getattr(a, k)) is not None}
-    where = {'data_dir'} if protocol.tasks else set()  # where VTAB-1k lies on your disk is not a setting
-    if (set(changed) - where or a.extra or a.tune_lr or a.no_tune) and not a.tag and a.protocol != 'paper':
+    if (set(changed) - set(WHERE) or a.extra or a.tune_lr or a.no_tune) and not a.tag and a.protocol != 'paper':
         p.error(f'{", ".join(flag(k) for k in changed) or "--extra / --tune-lr / --no-tune"} changes the '
                 f'{a.protocol} protocol: add --tag NAME so that its results do not pass for the protocol\'s')
     settings.update(changed)
@@ -651,7 +665,8 @@ def compare(plan, name, settings, runs_dir):
         tuning, failed, notes, tuning_runs = tune_arms(name, plan.tuned_arms, plan.tune, plan.extend, settings, extra,
                                                        runs_dir, plan.jobs, report=plan.report,
                                                        tune_flags=protocol.tune_flags,
-                                                       recorded=on_disk.get('tuning_runs', {}))
+                                                       recorded={identity(c): r for c, r in
+                                                                 on_disk.get('tuning_runs', {}).items()})
     for arm, like in protocol.tuned_like.items():  # an ablation keeps its method's hyper-parameters
         if arm in arms and like in tuning:
             tuning[arm] = dict(chosen=f'as {like}: {tuning[like]["chosen"]}', flags=tuning[like]['flags'], tried={})
@@ -664,9 +679,9 @@ def compare(plan, name, settings, runs_dir):
                 out = os.path.join(runs_dir, f'{arm}-s{seed}'.replace(' ', '_').replace('=', ''))
                 jobs.append(Job(f'[{name}] {arm} seed {seed}', train_argv(settings, final_argv[arm], seed, out, extra),
                                 out, arm, seed))
-    recorded = {r['command']: r for r in on_disk.get('runs', []) if 'command' in r and 'test_acc' in r}
+    recorded = {identity(r['command']): r for r in on_disk.get('runs', []) if 'command' in r and 'test_acc' in r}
     for j in jobs:
-        j.recorded = recorded.get(j.command)
+        j.recorded = recorded.get(j.identity)
     run_all(jobs, plan.jobs, plan.report)
     runs = [{**j.result, 'arm': j.arm, 'seed': j.seed, 'command': j.command} for j in jobs
             if not j.result.get('pending')]
@@ -786,11 +801,12 @@ def check_flags(arm, argv):
 
 
 def same_settings(name, previous, settings, extra):
-    """A table is merged only with one made with the same settings and --extra flags."""
+    """A table is merged only with one made with the same settings and --extra flags (wherever its data lies)."""
     if previous is not None:
-        results.check_settings(name, dict(previous, settings={**previous['settings'],
+        what = lambda s: {k: v for k, v in s.items() if k not in WHERE}
+        results.check_settings(name, dict(previous, settings={**what(previous['settings']),
                                                               'extra': previous.get('extra', [])}),
-                               {**shown(settings), 'extra': extra})
+                               {**what(shown(settings)), 'extra': extra})
 
 
 if __name__ == '__main__':

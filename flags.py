@@ -15,7 +15,7 @@ import data
 import lorsp
 from methods import METHODS, resolve_defaults
 
-RESUMABLE = ('device', 'workers')  # the only flags that may differ from the saved run on --resume
+RESUMABLE = ('device', 'workers', 'data_dir')  # may differ from the saved run on --resume: where it runs, its data lies
 
 
 def number(cast, lo=-math.inf, hi=math.inf, *, lo_open=False, hi_open=False):

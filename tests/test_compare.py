@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import cka
+import protocols
 import compare
 import train
 from conftest import ROOT
@@ -409,3 +410,24 @@ def test_runs_whose_folders_are_gone_are_read_back_from_the_table(tmp_path, monk
     out = capsys.readouterr().out
     assert 'running' not in out and out.count('read back from the table') == 2  # a tuning run and a final run
     assert again[0]['accs'] == first[0]['accs'] and not (tmp_path / 'runs' / 'offline-tiny-g' / 'lp-s0').exists()
+
+
+def test_a_moved_runs_folder_continues_with_its_data_read_from_elsewhere(tmp_path, monkeypatch, capsys):
+    """A run is what it computes, not where it lies: a runs folder copied to another place (another machine), its
+    data given at another path, reads its finished runs back, resumes the killed one there, and trains nothing again."""
+    monkeypatch.chdir(tmp_path)
+    argv = ['--protocol', 'offline-tiny', '--tag', 'm', '--methods', 'lp', '--seeds', '0', *TINY, '--tune-lr', '1']
+    first = compare.main(argv)
+    moved = tmp_path / 'machine2' / 'kept'
+    shutil.copytree(tmp_path / 'runs' / 'offline-tiny-m', moved)
+    os.remove(moved / 'lp-s0' / 'summary.json')  # killed after its last checkpoint, before its summary
+    os.symlink(protocols.SHARED_DATA, tmp_path / 'machine2' / 'data')
+    monkeypatch.chdir(tmp_path / 'machine2')
+    capsys.readouterr()
+    again = compare.main([*argv, '--runs-dir', str(moved), '--data-dir', 'data'])
+    out = capsys.readouterr().out
+    assert 'tune' in out and out.count('done before, read back') == 1 and ' running ' not in out
+    assert f'resuming {os.path.join(compare.HERE, "train.py")} --resume --out {moved / "lp-s0"} --data-dir data' in out
+    assert again[0]['accs'] == first[0]['accs']
+    # the table made there merges with the data read from yet another path (where it lies is not a setting)
+    assert compare.main([*argv, '--runs-dir', str(moved)])[0]['accs'] == first[0]['accs']
