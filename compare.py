@@ -713,8 +713,8 @@ def compare(plan, name, settings, runs_dir):
         rows = rows_of(runs, arms)
         claims = test_claims(protocol, {r['arm']: r for r in rows})
         wall = sum(r.get('wall_s') or 0.0 for r in runs)  # every run in the table, merged ones included
-        incomplete = f'**Incomplete**: {len(pending)} of the {len(jobs)} runs are not finished; this table, written ' \
-            f'by --report, holds the others.' if pending else ''
+        incomplete = progress(tuning, [r.get('wall_s') for r in [*tuning_runs.values(), *runs]], len(pending),
+                              len(jobs))
         md = table(name, protocol, settings, seeds, rows, tuning, claims, wall, tune_wall, plan.changes, bench=costs,
                    notes=notes, incomplete=incomplete)
         results.write(name, dict(protocol=name.split('/')[0], name=name, changes=plan.changes,
@@ -725,6 +725,22 @@ def compare(plan, name, settings, runs_dir):
             figures(name, rows)
     print(md)
     return rows, failed
+
+
+def progress(tuning, walls, final_left, final_all):
+    """The line an unfinished table opens with: what is finished, what is left, and the hours of runs left at the mean
+    wall time of the finished runs (walls, None where unknown); '' when everything is finished."""
+    tried = [v for t in tuning.values() for v in t['tried'].values()]
+    tune_left = tried.count('pending')
+    if not tune_left and not final_left:
+        return ''
+    walls = [w for w in walls if w]
+    hours = f' At the mean wall time of the {len(walls)} finished runs ({statistics.mean(walls) / 60:.1f} min, as ' \
+        f'they ran), about {(tune_left + final_left) * statistics.mean(walls) / 3600:.1f} h of runs are left, to ' \
+        f'divide by the runs side by side (--jobs).' if walls else ''
+    return (f'**Incomplete**: {len(tried) - tune_left} of the {len(tried)} tuning runs (the grid as it stands: it '
+            f'grows while a choice lies on its edge) and {final_all - final_left} of the {final_all} final runs are '
+            f'finished; this table, written by --report, holds them.' + hours)
 
 
 def task_means(accs):

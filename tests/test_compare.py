@@ -313,7 +313,8 @@ def test_report_tables_the_finished_runs_and_starts_none(tmp_path, monkeypatch):
     compare.main([*argv, '--report'])  # nothing has run: nothing starts, the table says so
     assert not (tmp_path / 'runs').exists()
     md = (tmp_path / 'results' / 'offline-tiny-r.md').read_text()
-    assert 'lr x1 pending' in md and 'Incomplete**: 1 of the 1 runs' in md
+    assert 'lr x1 pending' in md and 'Incomplete**: 0 of the 1 tuning runs' in md and '0 of the 1 final runs' in md
+    assert 'h of runs are left' not in md  # nothing finished: no estimate
     compare.main(argv)  # the tuning run, then the final one
     compare.main([*argv, '--report'])  # everything finished: read back, nothing pending
     saved = results(tmp_path, 'offline-tiny-r')
@@ -325,6 +326,18 @@ def test_report_tables_the_finished_runs_and_starts_none(tmp_path, monkeypatch):
     tune_dir = tmp_path / 'runs' / 'offline-tiny-r' / 'tune'
     walls = [json.loads(p.read_text())['wall_s'] for p in tune_dir.glob('*.wall.json')]
     assert len(walls) == 1 and saved['tune_wall_s'] == pytest.approx(sum(walls))
+    # a second seed asked for: one run left, estimated at the mean wall time of the two finished ones
+    compare.main([*argv[:7], '0,1', *argv[8:], '--report'])
+    md = (tmp_path / 'results' / 'offline-tiny-r.md').read_text()
+    final_wall = json.loads((tmp_path / 'runs' / 'offline-tiny-r' / 'lp-s0.wall.json').read_text())['wall_s']
+    assert 'Incomplete**: 1 of the 1 tuning runs' in md and '1 of the 2 final runs' in md
+    assert f'about {(walls[0] + final_wall) / 2 / 3600:.1f} h of runs are left' in md
+    assert f'({(walls[0] + final_wall) / 2 / 60:.1f} min, as they ran)' in md
+    # by hand: 1 tuning run and 3 final runs left, at the mean of 600 and 1200 s (an unknown wall time not counted)
+    line = compare.progress({'a': {'tried': {'x1': 80.0, 'x3': 'pending'}}, 'b': {'tried': {}}}, [600, 1200, None], 3, 5)
+    assert '1 of the 2 tuning runs' in line and '2 of the 5 final runs' in line
+    assert 'the 2 finished runs (15.0 min, as they ran), about 1.0 h of runs are left' in line
+    assert compare.progress({'a': {'tried': {'x1': 80.0}}}, [600], 0, 5) == ''
 
 
 def test_student_t_p_values_and_holms_correction_against_hand_computations():
