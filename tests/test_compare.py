@@ -334,7 +334,8 @@ def test_report_tables_the_finished_runs_and_starts_none(tmp_path, monkeypatch):
     assert f'about {(walls[0] + final_wall) / 2 / 3600:.1f} h of runs are left' in md
     assert f'({(walls[0] + final_wall) / 2 / 60:.1f} min, as they ran)' in md
     # by hand: 1 tuning run and 3 final runs left, at the mean of 600 and 1200 s (an unknown wall time not counted)
-    line = compare.progress({'a': {'tried': {'x1': 80.0, 'x3': 'pending'}}, 'b': {'tried': {}}}, [600, 1200, None], 3, 5)
+    tuning = {'a': {'tried': {'x1': 80.0, 'x3': 'pending'}}, 'b': {'tried': {}}}
+    line = compare.progress(tuning, [600, 1200, None], 3, 5)
     assert '1 of the 2 tuning runs' in line and '2 of the 5 final runs' in line
     assert 'the 2 finished runs (15.0 min, as they ran), about 1.0 h of runs are left' in line
     assert compare.progress({'a': {'tried': {'x1': 80.0}}}, [600], 0, 5) == ''
