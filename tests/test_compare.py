@@ -412,32 +412,26 @@ def test_the_cost_columns_come_from_bench_once_per_arm(tmp_path, monkeypatch):
     assert cells[-4] == f'{cost["step_ratio"]:.3f}' and cost['trainable'] == saved['rows'][1]['params']
 
 
-def test_runs_whose_folders_are_gone_are_read_back_from_the_table(tmp_path, monkeypatch, capsys):
+def test_runs_are_read_back_from_the_table_or_from_their_folder_moved_elsewhere(tmp_path, monkeypatch, capsys):
     """The table keeps each run's summary and command (and each tuning run's validation figures): a comparison whose
-    run folders were deleted, or never copied to this machine, continues from the table and trains nothing again."""
+    run folders were deleted, or never copied to this machine, continues from the table and trains nothing again.
+    A run is what it computes, not where it lies: a runs folder copied to another place (another machine), its data
+    given at another path, reads its finished runs back and resumes the killed one there."""
     monkeypatch.chdir(tmp_path)
     argv = ['--protocol', 'offline-tiny', '--tag', 'g', '--methods', 'lp', '--seeds', '0', *TINY, '--tune-lr', '1']
     first = compare.main(argv)
+    moved = tmp_path / 'machine2' / 'kept'
+    shutil.copytree(tmp_path / 'runs' / 'offline-tiny-g', moved)
     shutil.rmtree(tmp_path / 'runs')
     capsys.readouterr()
     again = compare.main(argv)
     out = capsys.readouterr().out
     assert 'running' not in out and out.count('read back from the table') == 2  # a tuning run and a final run
     assert again[0]['accs'] == first[0]['accs'] and not (tmp_path / 'runs' / 'offline-tiny-g' / 'lp-s0').exists()
-
-
-def test_a_moved_runs_folder_continues_with_its_data_read_from_elsewhere(tmp_path, monkeypatch, capsys):
-    """A run is what it computes, not where it lies: a runs folder copied to another place (another machine), its
-    data given at another path, reads its finished runs back, resumes the killed one there, and trains nothing again."""
-    monkeypatch.chdir(tmp_path)
-    argv = ['--protocol', 'offline-tiny', '--tag', 'm', '--methods', 'lp', '--seeds', '0', *TINY, '--tune-lr', '1']
-    first = compare.main(argv)
-    moved = tmp_path / 'machine2' / 'kept'
-    shutil.copytree(tmp_path / 'runs' / 'offline-tiny-m', moved)
-    os.remove(moved / 'lp-s0' / 'summary.json')  # killed after its last checkpoint, before its summary
+    # moved: no table there; the final run killed after its last checkpoint, before its summary
+    os.remove(moved / 'lp-s0' / 'summary.json')
     os.symlink(protocols.SHARED_DATA, tmp_path / 'machine2' / 'data')
     monkeypatch.chdir(tmp_path / 'machine2')
-    capsys.readouterr()
     again = compare.main([*argv, '--runs-dir', str(moved), '--data-dir', 'data'])
     out = capsys.readouterr().out
     assert 'tune' in out and out.count('done before, read back') == 1 and ' running ' not in out
