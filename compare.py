@@ -705,7 +705,9 @@ def compare(plan, name, settings, runs_dir):
             arms = list(dict.fromkeys(previous['arms'] + arms))
             costs = {**previous.get('bench', {}), **costs}
             notes = list(dict.fromkeys(previous.get('grid_notes', []) + notes))
-            tuning_runs = {**previous.get('tuning_runs', {}), **tuning_runs}
+            now = {identity(c) for c in tuning_runs}  # a run recorded under another path (moved) is the same run
+            tuning_runs = {**{c: r for c, r in previous.get('tuning_runs', {}).items() if identity(c) not in now},
+                           **tuning_runs}
         seeds = sorted({r['seed'] for r in runs} | {j.seed for j in jobs})
         tune_wall = sum(t.get('wall_s', 0.0) for t in tuning.values())
         have = {(r['arm'], r['seed']) for r in runs}  # a merged table may hold a run --report found unfinished

@@ -439,3 +439,4 @@ def test_runs_are_read_back_from_the_table_or_from_their_folder_moved_elsewhere(
     assert again[0]['accs'] == first[0]['accs']
     # the table made there merges with the data read from yet another path (where it lies is not a setting)
     assert compare.main([*argv, '--runs-dir', str(moved)])[0]['accs'] == first[0]['accs']
+    assert len(results(tmp_path / 'machine2', 'offline-tiny-g')['tuning_runs']) == 1  # recorded once, not per path
