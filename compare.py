@@ -95,8 +95,9 @@ WHERE = ('out', 'data_dir')  # where a run and its data lie: a runs folder moves
 
 
 def identity(command):
-    """What a run computes: its train.py command less --out and --data-dir (their values run to the next flag)."""
-    return re.sub(r' --(?:out|data-dir) .*?(?= --|$)', '', command)
+    """What a run computes: its train.py command less the WHERE flags (--out, --data-dir; a value runs to the next
+    flag)."""
+    return re.sub(f' (?:{"|".join(flag(k) for k in WHERE)}) .*?(?= --|$)', '', command)
 
 
 BUSY = 'busy'  # start(): another process is running this run now
@@ -737,9 +738,10 @@ def progress(tuning, walls, final_left, final_all):
     if not tune_left and not final_left:
         return ''
     walls = [w for w in walls if w]
-    hours = f' At the mean wall time of the {len(walls)} finished runs ({statistics.mean(walls) / 60:.1f} min, as ' \
-        f'they ran), about {(tune_left + final_left) * statistics.mean(walls) / 3600:.1f} h of runs are left, to ' \
-        f'divide by the runs side by side (--jobs).' if walls else ''
+    mean = statistics.mean(walls) if walls else None
+    hours = f' At the mean wall time of the {len(walls)} finished runs ({mean / 60:.1f} min, as they ran), about ' \
+        f'{(tune_left + final_left) * mean / 3600:.1f} h of runs are left, to divide by the runs side by side ' \
+        f'(--jobs).' if walls else ''
     return (f'**Incomplete**: {len(tried) - tune_left} of the {len(tried)} tuning runs (the grid as it stands: it '
             f'grows while a choice lies on its edge) and {final_all - final_left} of the {final_all} final runs are '
             f'finished; this table, written by --report, holds them.' + hours)

@@ -26,7 +26,6 @@ from flags import NONNEG_INT, POS_INT, dataset_name, device_name
 from serve import MultiTask, PromptFileError, load_task
 
 
-
 class Images(Dataset):
     """Image files as [0, 1] tensors at one square size (the training resize), or a clear error naming the file."""
 

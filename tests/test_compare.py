@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import cka
-import protocols
 import compare
+import protocols
 import train
 from conftest import ROOT
 from flags import parse
