@@ -258,9 +258,9 @@ def default_init(arm_flags, settings):
 
 
 def edges(tuning, tune, extend):
-    """The axes to extend: [(axis, new value, the arms whose choice lies on that edge)]. An edge can be extended when
-    the protocol's progression for the axis has a value beyond it."""
-    grow = []
+    """The edges of the grid that arms chose: [(axis, the edge, the next value of the protocol's progression beyond it
+    or None where the progression ends there, the arms whose choice lies on that edge)]."""
+    chosen = []
     for axis, progression in extend.items():
         values = sorted(tune.get(axis, ()))
         if not values:
@@ -268,9 +268,9 @@ def edges(tuning, tune, extend):
         for edge, beyond in ((values[0], [v for v in progression if v < values[0]][-1:]),
                              (values[-1], [v for v in progression if v > values[-1]][:1])):
             arms = [arm for arm, t in tuning.items() if t.get('point', {}).get(axis) == edge]
-            if arms and beyond:
-                grow.append((axis, beyond[0], arms))
-    return grow
+            if arms:
+                chosen.append((axis, edge, beyond[0] if beyond else None, arms))
+    return chosen
 
 
 def tune_arms(name, arm_flags, tune, extend, settings, extra, runs_dir, jobs_n, *, report, tune_flags, recorded):
@@ -304,8 +304,14 @@ def tune_arms(name, arm_flags, tune, extend, settings, extra, runs_dir, jobs_n, 
                                tried=tried, wall_s=sum(j.result.get('wall_s') or 0.0 for j in mine.values()))
             print(f'[tune {name}] {arm}: ' + ', '.join(f'{c} {v}' for c, v in tried.items()) + f' -> {best}',
                   flush=True)
-        grow = edges(tuning, tune, extend)
+        chosen = edges(tuning, tune, extend)
+        grow = [(axis, beyond, arms) for axis, _, beyond, arms in chosen if beyond is not None]
         if not grow:
+            if not any('pending' in t['tried'].values() for t in tuning.values()):  # a final choice on the edge
+                for axis, edge, _, arms in [c for c in chosen if c[2] is None]:  # where the progression ends: said
+                    notes.append(f'{axis} axis not extended beyond x{edge:g}, the end of the protocol\'s '
+                                 f'progression: {", ".join(arms)} chose that edge')
+                    print(f'[tune {name}] {notes[-1]}', flush=True)
             done = {j.command: {k: v for k, v in j.result.items() if k in TUNING_RECORD} for j, _, _ in jobs.values()
                     if 'final_val_acc' in j.result or j.result.get('diverged')}
             return tuning, [j for j, _, _ in jobs.values() if 'failed' in j.result], notes, done

@@ -46,6 +46,9 @@ def sweep(method, flag, values, label=None):
     return {f'{method} {label or flag.lstrip("-")}={v}': ['--method', method, flag, str(v)] for v in values}
 
 
+# how far a grid may grow (multiples of the recipe's lr and of the method's init std), one step at a time while an arm's
+# choice lies on its edge: up to x100 on both axes (LoR-VP's official code offers A ~ N(0, 1), x100 its 0.01)
+EXTEND = {'lr': (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100), 'init': (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100)}
 CIFAR = dict(model='tf_efficientnet_lite0', dataset='cifar10', data_dir=SHARED_DATA)
 SHORT = dict(**CIFAR, train_per_class=200, test_limit=2000, img_size=96, epochs=6, batch_size=32, precision='bf16')
 LONG_ARMS = ['lp', 'lora', 'lorvp', 'evp', 'ilm_vp', 'autovp', 'lotep_cp', 'lotep_tk', 'grouped_lorvp', 'deep_lorvp',
@@ -71,7 +74,7 @@ PROTOCOLS = {
          'lotep_cp-constant': ['--method', 'lotep_cp', '--schedule', 'constant'],
          'evp-mode': ['--method', 'evp', '--label-map', 'mode']}, (1, 2, 3),
         tune={'lr': (0.3, 1, 3), 'init': (0.3, 1, 3)}, tuned_arms=(*LONG_ARMS, 'evp-mode'),
-        extend={'lr': (0.03, 0.1, 0.3, 1, 3, 10, 30), 'init': (0.1, 0.3, 1, 3, 10)},
+        extend=EXTEND,
         final_flags=('--val-split', '0.1'), claim_seeds=(1, 2, 3, 4, 5),
         tuned_like={'lorsp_topk': 'lorsp', 'lorsp_dropout': 'lorsp', 'lotep_cp-constant': 'lotep_cp'},
         claims=(('lotep_cp', 'lorvp', 2.5, 'LoTeP: +2.5 over LoR-VP on average'),
@@ -96,7 +99,7 @@ PROTOCOLS = {
         {**methods('lp', 'vpt_deep', 'lorvp', 'lotep_cp', 'lotep_tk', 'lorsp'),
          'lora': ['--method', 'lora', '--lora-targets', 'q,v']}, (0, 1, 2),
         tune={'lr': (0.3, 1, 3), 'init': (0.3, 1, 3)},
-        extend={'lr': (0.03, 0.1, 0.3, 1, 3, 10, 30), 'init': (0.1, 0.3, 1, 3, 10)},
+        extend=EXTEND,
         tune_flags=('--splits', 'tune', '--no-test'), tasks=tuple(VTAB_1K), final_flags=('--test-every', '1000'),
         claims=(('lotep_cp', 'lorvp', 2.5, 'LoTeP: +2.5 over LoR-VP on average'),
                 ('lotep_tk', 'lorvp', 2.5, 'LoTeP: +2.5 over LoR-VP on average'),

@@ -375,7 +375,8 @@ def test_a_choice_on_an_edge_extends_that_axis_for_every_arm():
     tune, extend = {'lr': (0.3, 1, 3), 'init': (0.3, 1, 3)}, {'lr': (0.1, 0.3, 1, 3, 10), 'init': (0.3, 1, 3)}
     tuning = {'a': {'point': {'lr': 3, 'init': 1}}, 'b': {'point': {'lr': 1, 'init': 3}}, 'c': {'point': {'lr': 0.3}}}
     # a and c chose lr edges the progression goes beyond; b's init x3 ends the init progression: not extendable
-    assert compare.edges(tuning, tune, extend) == [('lr', 0.1, ['c']), ('lr', 10, ['a'])]
+    assert compare.edges(tuning, tune, extend) == [('lr', 0.3, 0.1, ['c']), ('lr', 3, 10, ['a']),
+                                                   ('init', 3, None, ['b'])]
     assert compare.edges({'a': {'point': {'lr': 1, 'init': 1}}}, tune, extend) == []
 
 
@@ -388,9 +389,12 @@ def test_tuning_extends_the_grid_until_no_choice_lies_on_an_edge(tmp_path, monke
     saved = results(tmp_path, 'offline-tiny-e')
     lrs = {arm: sorted(float(c.split('x')[1]) for c in t['tried']) for arm, t in saved['tuning'].items()}
     assert lrs['lp'] == lrs['lorvp']  # the same grid for every arm, extended or not
-    final = {'lr': tuple(lrs['lp'])}
-    assert compare.edges(saved['tuning'], final, tiny.extend) == []  # no choice left on an extendable edge
-    assert 1 in lrs['lp'] and saved['grid_notes']  # extended, and the extension is said
+    chosen = compare.edges(saved['tuning'], {'lr': tuple(lrs['lp'])}, tiny.extend)
+    assert all(beyond is None for _, _, beyond, _ in chosen)  # no choice left on an edge the grid could extend
+    notes = saved['grid_notes']
+    assert 1 in lrs['lp'] and 'lr axis extended to x1 for every arm: lp, lorvp chose its edge' in notes  # and said
+    assert all(any(n.startswith(f'lr axis not extended beyond x{edge:g}') and arm in n for n in notes)
+               for _, edge, _, arms in chosen for arm in arms)  # a choice where the progression ends is said
 
 
 def test_the_cost_columns_come_from_bench_once_per_arm(tmp_path, monkeypatch):
