@@ -115,6 +115,10 @@ def start(job, threads, gpu, report=False):
     if made_by is not None and identity(made_by) != job.identity:
         raise SystemExit(f'error: {job.out} holds a run made with other settings ({made_by}); remove it, or give '
                          f'this comparison another --tag or --runs-dir')
+    if os.path.exists(job.out + '.diverged'):  # its loss exploded before: a result, run again only if removed
+        job.result = {'diverged': True, 'log': job.out + '.log'}
+        print(f'{job.label}: diverged before ({job.out}.diverged; remove it to run again)', flush=True)
+        return None
     if report:  # nothing is created or started: a run is finished (read back), running now, or not finished
         if launched_elsewhere(job) or RunDir(job.out).in_use():
             job.result = {'pending': 'running now'}
@@ -188,6 +192,8 @@ def finish(job, proc):
         job.result = {**read_json(os.path.join(job.out, 'summary.json')), 'wall_s': wall_s}
     elif proc.returncode == 3 and 'error: the training loss' in open(log).read():  # NaN, or exploded
         job.result = {'diverged': True, 'log': log}  # a result of its settings, not a failure of the comparison
+        with open(job.out + '.diverged', 'w') as f:  # kept: a later comparison reads it back, not runs it again
+            f.write([line for line in open(log) if line.startswith('error: the training loss')][-1])
     else:
         job.result = {'failed': f'exit {proc.returncode}', 'log': log}
     print(f'{job.label}: {"finished" if "failed" not in job.result else "FAILED, see " + log}', flush=True)

@@ -100,6 +100,8 @@ BUGS = {
                          'tests/test_compare.py -k holm'),
     'edge never extended': ('compare.py', 'for axis, _, beyond, arms in chosen if beyond is not None]',
                             'for axis, _, beyond, arms in chosen if False]', 'tests/test_compare.py -k edge'),
+    'a diverged run run again': ('compare.py', "    if os.path.exists(job.out + '.diverged'):", '    if False:',
+                                 'tests/test_compare.py -k same_grid'),
     'edge where the progression ends not said': ('compare.py', 'in [c for c in chosen if c[2] is None]:',
                                                  'in [c for c in chosen if False]:', 'tests/test_compare.py -k edge'),
     'fused lif surrogate factor dropped': ('lorsp.py', '        return alpha * s * (1 - s)\n',

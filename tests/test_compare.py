@@ -165,13 +165,22 @@ def test_jobs_side_by_side_give_the_sequential_results(tmp_path, monkeypatch):
         assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
-def test_tuning_chooses_on_validation_the_same_grid_for_every_arm(tmp_path, monkeypatch):
+def test_tuning_chooses_on_validation_the_same_grid_for_every_arm(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    compare.main(['--protocol', 'offline-tiny', '--tag', 'tune', '--methods', 'lorvp', '--seeds', '0',
-                  '--tune-lr', '0.1,1e30', *TINY])
+    args = ['--protocol', 'offline-tiny', '--tag', 'tune', '--methods', 'lorvp', '--seeds', '0',
+            '--tune-lr', '0.1,1e30', *TINY]
+    compare.main(args)
     saved = results(tmp_path, 'offline-tiny-tune')
     assert set(saved['tuning']['lorvp']['tried']) == {'lr x0.1', 'lr x1e+30'}
     assert saved['tuning']['lorvp']['tried']['lr x1e+30'] == 'diverged'  # a result of the grid, not a failure
+    log = tmp_path / 'runs' / 'offline-tiny-tune' / 'tune' / 'lorvp-lr_x1e+30.log'
+    size, _ = log.stat().st_size, capsys.readouterr()
+    for again in ([*args, '--report'], args):  # a diverged run is a result: read back, never pending, not run again
+        for table in (tmp_path / 'results').glob('offline-tiny-tune.*'):
+            table.unlink()  # as when the comparison is killed before it writes its table
+        compare.main(again)
+        assert 'lorvp lr x1e+30: diverged before' in capsys.readouterr().out and log.stat().st_size == size
+        assert results(tmp_path, 'offline-tiny-tune')['tuning']['lorvp']['tried']['lr x1e+30'] == 'diverged'
     assert saved['tuning']['lorvp']['chosen'] == 'lr x0.1' and saved['tune_wall_s'] > 0
     config = json.loads((tmp_path / 'runs' / 'offline-tiny-tune' / 'lorvp-s0' / 'config.json').read_text())
     assert config['args']['lr_scale'] == 0.1 and config['args']['val_split'] == 0.0
