@@ -188,12 +188,16 @@ def finish(job, proc):
     with open(wall_path, 'w') as f:
         json.dump({'wall_s': wall_s}, f)
     log = job.out + '.log'
+    exploded = []  # train.py's error line when the loss was NaN or exploded (it exits 3)
+    if proc.returncode == 3:
+        with open(log) as f:
+            exploded = [line for line in f if 'error: the training loss' in line]
     if proc.returncode == 0:
         job.result = {**read_json(os.path.join(job.out, 'summary.json')), 'wall_s': wall_s}
-    elif proc.returncode == 3 and 'error: the training loss' in open(log).read():  # NaN, or exploded
+    elif exploded:
         job.result = {'diverged': True, 'log': log}  # a result of its settings, not a failure of the comparison
         with open(job.out + '.diverged', 'w') as f:  # kept: a later comparison reads it back, not runs it again
-            f.write([line for line in open(log) if line.startswith('error: the training loss')][-1])
+            f.write(exploded[-1])
     else:
         job.result = {'failed': f'exit {proc.returncode}', 'log': log}
     print(f'{job.label}: {"finished" if "failed" not in job.result else "FAILED, see " + log}', flush=True)
@@ -312,12 +316,13 @@ def tune_arms(name, arm_flags, tune, extend, settings, extra, runs_dir, jobs_n, 
                   flush=True)
         chosen = edges(tuning, tune, extend)
         grow = [(axis, beyond, arms) for axis, _, beyond, arms in chosen if beyond is not None]
+        finished = not any('pending' in t['tried'].values() for t in tuning.values())
+        ended = [(axis, edge, arms) for axis, edge, beyond, arms in chosen if beyond is None and finished]
         if not grow:
-            if not any('pending' in t['tried'].values() for t in tuning.values()):  # a final choice on the edge
-                for axis, edge, _, arms in [c for c in chosen if c[2] is None]:  # where the progression ends: said
-                    notes.append(f'{axis} axis not extended beyond x{edge:g}, the end of the protocol\'s '
-                                 f'progression: {", ".join(arms)} chose that edge')
-                    print(f'[tune {name}] {notes[-1]}', flush=True)
+            for axis, edge, arms in ended:  # a final choice left where the progression ends is said
+                notes.append(f'{axis} axis not extended beyond x{edge:g}, the end of the protocol\'s progression: '
+                             f'{", ".join(arms)} chose that edge')
+                print(f'[tune {name}] {notes[-1]}', flush=True)
             done = {j.command: {k: v for k, v in j.result.items() if k in TUNING_RECORD} for j, _, _ in jobs.values()
                     if 'final_val_acc' in j.result or j.result.get('diverged')}
             return tuning, [j for j, _, _ in jobs.values() if 'failed' in j.result], notes, done
