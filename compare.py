@@ -332,6 +332,14 @@ def tune_arms(name, arm_flags, tune, extend, settings, extra, runs_dir, jobs_n, 
             print(f'[tune {name}] {notes[-1]}', flush=True)
 
 
+def merged_notes(previous, now):
+    """The grid notes of the table on disk and of this comparison: one note per axis and edge, this comparison's where
+    both have one (the arms a note names change while a grid fills: a --report made half-way names fewer)."""
+    key = lambda note: note.split(':')[0]  # 'init axis extended to x30 for every arm', without the arms
+    mine = {key(n) for n in now}
+    return [n for n in previous if key(n) not in mine] + list(now)
+
+
 TUNING_RECORD = ('final_val_acc', 'val_acc', 'train_loss', 'diverged', 'wall_s')  # what a table keeps of a tuning run
 
 
@@ -722,7 +730,7 @@ def compare(plan, name, settings, runs_dir):
             tuning = {**previous.get('tuning', {}), **tuning}
             arms = list(dict.fromkeys(previous['arms'] + arms))
             costs = {**previous.get('bench', {}), **costs}
-            notes = list(dict.fromkeys(previous.get('grid_notes', []) + notes))
+            notes = merged_notes(previous.get('grid_notes', []), notes)
             now = {identity(c) for c in tuning_runs}  # a run recorded under another path (moved) is the same run
             tuning_runs = {**{c: r for c, r in previous.get('tuning_runs', {}).items() if identity(c) not in now},
                            **tuning_runs}

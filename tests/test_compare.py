@@ -388,6 +388,11 @@ def test_a_choice_on_an_edge_extends_that_axis_for_every_arm():
     assert compare.edges(tuning, tune, extend) == [('lr', 0.3, 0.1, ['c']), ('lr', 3, 10, ['a']),
                                                    ('init', 3, None, ['b'])]
     assert compare.edges({'a': {'point': {'lr': 1, 'init': 1}}}, tune, extend) == []
+    # a --report made half-way named fewer arms for the same extension: the table keeps one note per axis and edge
+    earlier = ['init axis extended to x30 for every arm: a chose its edge', 'lr axis extended to x10 for every arm: c '
+               'chose its edge']  # the second: another comparison's (other arms), kept
+    now = ['init axis extended to x30 for every arm: a, b chose its edge']
+    assert compare.merged_notes(earlier, now) == [earlier[1], now[0]]
 
 
 def test_tuning_extends_the_grid_until_no_choice_lies_on_an_edge(tmp_path, monkeypatch):
