@@ -104,6 +104,8 @@ BUGS = {
                                  'tests/test_compare.py -k same_grid'),
     'edge where the progression ends not said': ('compare.py', 'in chosen if beyond is None and finished]',
                                                  'in chosen if False]', 'tests/test_compare.py -k edge'),
+    'a grid note kept twice': ('compare.py', '    return [n for n in previous if key(n) not in mine] + list(now)',
+                               '    return list(dict.fromkeys(previous + now))', 'tests/test_compare.py -k edge'),
     'fused lif surrogate factor dropped': ('lorsp.py', '        return alpha * s * (1 - s)\n',
                                            '        return s * (1 - s)\n', 'tests/test_lorsp.py -k fused'),
     'fused lif reset not applied in backward': ('lorsp.py', 'dH = dS * dS_dH + dV * (1 - S)', 'dH = dS * dS_dH + dV',
