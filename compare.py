@@ -478,6 +478,26 @@ def mean_sd(values):
         f'{v[0]:.2f} (1)' if v else '-'
 
 
+def tuning_lines(arm, t):
+    """One arm's tuning in the table: every configuration tried with its validation accuracy (or why it has none), as
+    a line, or as an lr x init table (rows lr, columns init, the choice in bold) where the configurations form one."""
+    show = lambda v: f'{v:.2f}' if isinstance(v, float) else v
+    chosen = t['chosen'] or '-'
+    if not t['tried']:  # an ablation: its method's choice
+        return ['', f'- {arm} -> **{chosen}**']
+    words = [c.split() for c in t['tried']]  # 'lr x0.3 init x1' -> ['lr', 'x0.3', 'init', 'x1']
+    if any(len(w) != 4 or w[0] != 'lr' or w[2] != 'init' or w[3][0] != 'x' for w in words):
+        return ['', f'- {arm}: ' + ', '.join(f'{c} {show(v)}' for c, v in t['tried'].items()) + f' -> **{chosen}**']
+    by_value = lambda x: float(x[1:])  # 'x0.3' -> 0.3
+    lrs, inits = sorted({w[1] for w in words}, key=by_value), sorted({w[3] for w in words}, key=by_value)
+    picked = chosen.removesuffix(' so far')
+    cell = lambda c: '-' if c not in t['tried'] else f'**{show(t["tried"][c])}**' if c == picked else \
+        show(t['tried'][c])
+    return ['', f'{arm} -> **{chosen}**', '', '| lr \\ init | ' + ' | '.join(inits) + ' |',
+            '|---' * (len(inits) + 1) + '|',
+            *[f'| {lr} | ' + ' | '.join(cell(f'lr {lr} init {i}') for i in inits) + ' |' for lr in lrs]]
+
+
 def table(name, protocol, settings, seeds, rows, tuning, claims, wall_s, tune_wall_s, changes, *, bench=None,
           notes=(), incomplete=''):
     """The markdown table of a comparison: accuracy, cost (bench.py's interleaved speed and memory against the bare
@@ -515,11 +535,9 @@ def table(name, protocol, settings, seeds, rows, tuning, claims, wall_s, tune_wa
         lines.append('| ' + ' | '.join(cells) + ' |')
     if tuning:
         lines += ['', 'Tuning (seed 0, 10% of the training images held out; the final epoch\'s validation '
-                      'accuracy %, the best kept):', '']
-        lines += [f'- {arm}: ' + ', '.join(f'{c} {v:.2f}' if isinstance(v, float) else f'{c} {v}'
-                                           for c, v in t['tried'].items()) + f' -> **{t["chosen"]}**'
-                  for arm, t in tuning.items()]
-        lines += [f'- Grid: {note}.' for note in notes]
+                      'accuracy %, the best kept):']
+        lines += [line for arm, t in tuning.items() for line in tuning_lines(arm, t)]
+        lines += ['', *[f'- Grid: {note}.' for note in notes]] if notes else []
     if claims:
         cell = lambda x: f'{x["mean"]:+.2f} [{x["low"]:+.2f}, {x["high"]:+.2f}] ({x["n"]})' if x else '-'
         pv = lambda p: f' (p {p:.3f})' if p is not None else ''

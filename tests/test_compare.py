@@ -381,6 +381,17 @@ def test_holm_turns_a_marginal_holds_into_cannot_tell():
     assert marginal['verdict_val_selected'].startswith('cannot tell: fewer than two seeds')
 
 
+def test_a_grid_of_lr_by_init_is_tabled_rows_lr_columns_init():
+    tried = {'lr x3 init x10': 'diverged', 'lr x0.3 init x10': 80.0, 'lr x0.3 init x3': 77.0, 'lr x3 init x3': 37.0,
+             'lr x0.3 init x1': 78.5}  # lr x3 init x1 not tried (yet)
+    lines = compare.tuning_lines('lorvp', {'tried': tried, 'chosen': 'lr x0.3 init x10 so far'})
+    assert [line for line in lines if line] == ['lorvp -> **lr x0.3 init x10 so far**',
+                                                '| lr \\ init | x1 | x3 | x10 |', '|---|---|---|---|',
+                                                '| x0.3 | 78.50 | 77.00 | **80.00** |', '| x3 | - | 37.00 | diverged |']
+    assert compare.tuning_lines('lp', {'tried': {'lr x1': 79.0, 'lr x3': 'pending'}, 'chosen': 'lr x1 so far'}) == [
+        '', '- lp: lr x1 79.00, lr x3 pending -> **lr x1 so far**']  # one axis: a line
+
+
 def test_a_choice_on_an_edge_extends_that_axis_for_every_arm():
     tune, extend = {'lr': (0.3, 1, 3), 'init': (0.3, 1, 3)}, {'lr': (0.1, 0.3, 1, 3, 10), 'init': (0.3, 1, 3)}
     tuning = {'a': {'point': {'lr': 3, 'init': 1}}, 'b': {'point': {'lr': 1, 'init': 3}}, 'c': {'point': {'lr': 0.3}}}
