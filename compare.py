@@ -2,7 +2,7 @@
 results table, its statistics and its figures.
 
     python compare.py --protocol offline-cifar10                    # README's table: CPU, offline
-    python compare.py --protocol offline-cifar10-long --jobs 2      # tuned on validation, 3 seeds, paired statistics
+    python compare.py --protocol offline-cifar10-long --jobs 2      # tuned on validation, 5 seeds for the claims, Holm
     python compare.py --protocol ablation-lotep-rho                 # one of the papers' ablations
     python compare.py --protocol offline-cifar10-long --report      # the table of the runs finished so far
     python compare.py --list                                        # every protocol, its arms and settings
