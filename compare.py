@@ -491,8 +491,12 @@ def tuning_lines(arm, t):
     by_value = lambda x: float(x[1:])  # 'x0.3' -> 0.3
     lrs, inits = sorted({w[1] for w in words}, key=by_value), sorted({w[3] for w in words}, key=by_value)
     picked = chosen.removesuffix(' so far')
-    cell = lambda c: '-' if c not in t['tried'] else f'**{show(t["tried"][c])}**' if c == picked else \
-        show(t['tried'][c])
+
+    def cell(c):
+        if c not in t['tried']:
+            return '-'
+        return f'**{show(t["tried"][c])}**' if c == picked else show(t['tried'][c])
+
     return ['', f'{arm} -> **{chosen}**', '', '| lr \\ init | ' + ' | '.join(inits) + ' |',
             '|---' * (len(inits) + 1) + '|',
             *[f'| {lr} | ' + ' | '.join(cell(f'lr {lr} init {i}') for i in inits) + ' |' for lr in lrs]]
