@@ -557,8 +557,9 @@ def table(name, protocol, settings, seeds, rows, tuning, claims, wall_s, tune_wa
     return '\n'.join(lines) + '\n'
 
 
-def figures(name, rows):
-    """Accuracy (mean ± std over seeds) against trainable parameters (log scale) and against training time."""
+def figures(name, rows, incomplete=''):
+    """Accuracy (mean ± std over seeds) against trainable parameters (log scale) and against training time; an
+    unfinished table's plots say so in their title (incomplete: which runs they hold), as its Markdown does."""
     from figures import pyplot
     plt = pyplot()
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -580,7 +581,7 @@ def figures(name, rows):
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel('test accuracy % (mean ± std)')
-        ax.set_title(name, fontsize=9)
+        ax.set_title(f'{name}\n{incomplete}' if incomplete else name, fontsize=9)
         fig.tight_layout()
         paths.append(os.path.join('results', f'{name}-{key}.png'))
         fig.savefig(paths[-1], dpi=120)
@@ -772,7 +773,8 @@ def compare(plan, name, settings, runs_dir):
                                  grid_notes=notes, claims=claims, wall_s=wall, tune_wall_s=tune_wall, bench=costs,
                                  rows=rows, runs=runs, tuning_runs=tuning_runs), md)
         if any(r['accs'] for r in rows):
-            figures(name, rows)
+            figures(name, rows, incomplete and f'INCOMPLETE: {len(jobs) - len(pending)} of the {len(jobs)} final '
+                    f'runs finished (the table says what is left)')
     print(md)
     return rows, failed
 

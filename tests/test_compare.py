@@ -336,8 +336,17 @@ def test_report_tables_the_finished_runs_and_starts_none(tmp_path, monkeypatch):
     tune_dir = tmp_path / 'runs' / 'offline-tiny-r' / 'tune'
     walls = [json.loads(p.read_text())['wall_s'] for p in tune_dir.glob('*.wall.json')]
     assert len(walls) == 1 and saved['tune_wall_s'] == pytest.approx(sum(walls))
-    # a second seed asked for: one run left, estimated at the mean wall time of the two finished ones
+    # a second seed asked for: one run left, estimated at the mean wall time of the two finished ones; the plots of
+    # the unfinished table say so in their titles, as the finished table's do not
+    import matplotlib.figure
+    titles = []
+    monkeypatch.setattr(matplotlib.figure.Figure, 'savefig',
+                        lambda fig, path, **_: titles.append(fig.axes[0].get_title()))
+    compare.main([*argv, '--report'])
     compare.main([*argv[:7], '0,1', *argv[8:], '--report'])
+    assert titles[:2] == ['offline-tiny-r'] * 2
+    unfinished = 'offline-tiny-r\nINCOMPLETE: 1 of the 2 final runs finished (the table says what is left)'
+    assert titles[2:] == [unfinished] * 2
     md = (tmp_path / 'results' / 'offline-tiny-r.md').read_text()
     final_wall = json.loads((tmp_path / 'runs' / 'offline-tiny-r' / 'lp-s0.wall.json').read_text())['wall_s']
     assert 'Incomplete**: 1 of the 1 tuning runs' in md and '1 of the 2 final runs' in md
