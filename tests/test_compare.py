@@ -326,6 +326,10 @@ def test_report_tables_the_finished_runs_and_starts_none(tmp_path, monkeypatch):
     assert 'lr x1 pending' in md and 'Incomplete**: 0 of the 1 tuning runs' in md and '0 of the 1 final runs' in md
     assert 'h of runs are left' not in md  # nothing finished: no estimate
     compare.main(argv)  # the tuning run, then the final one
+    import matplotlib.figure
+    titles = []  # each plot's title as it is saved: a finished table's plots carry its name alone
+    monkeypatch.setattr(matplotlib.figure.Figure, 'savefig',
+                        lambda fig, path, **_: titles.append(fig.axes[0].get_title()))
     compare.main([*argv, '--report'])  # everything finished: read back, nothing pending
     saved = results(tmp_path, 'offline-tiny-r')
     md = (tmp_path / 'results' / 'offline-tiny-r.md').read_text()
@@ -338,11 +342,6 @@ def test_report_tables_the_finished_runs_and_starts_none(tmp_path, monkeypatch):
     assert len(walls) == 1 and saved['tune_wall_s'] == pytest.approx(sum(walls))
     # a second seed asked for: one run left, estimated at the mean wall time of the two finished ones; the plots of
     # the unfinished table say so in their titles, as the finished table's do not
-    import matplotlib.figure
-    titles = []
-    monkeypatch.setattr(matplotlib.figure.Figure, 'savefig',
-                        lambda fig, path, **_: titles.append(fig.axes[0].get_title()))
-    compare.main([*argv, '--report'])
     compare.main([*argv[:7], '0,1', *argv[8:], '--report'])
     assert titles[:2] == ['offline-tiny-r'] * 2
     unfinished = 'offline-tiny-r\nINCOMPLETE: 1 of the 2 final runs finished (the table says what is left)'
