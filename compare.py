@@ -405,6 +405,25 @@ def t_two_sided(t, df):
     return max(0.0, 1.0 - inside)
 
 
+def t_quantile(alpha, df):
+    """The t with P(|T| >= t) = alpha, Student's t with an integer df: t_two_sided, which falls as t grows,
+    inverted by bisection."""
+    low, high = 0.0, 1.0
+    while t_two_sided(high, df) > alpha:
+        high *= 2
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if t_two_sided(mid, df) > alpha else (low, mid)
+    return (low + high) / 2
+
+
+def bonferroni(ci, m):
+    """The paired CI widened to hold for m claims at once (Bonferroni): mean ± t_{1 - 0.05 / (2 m)} sd / sqrt(n).
+    Holm's correction gives p-values, not intervals; a claimed size is read against this one beside them."""
+    half = t_quantile(0.05 / m, ci['n'] - 1) * ci['sd'] / math.sqrt(ci['n'])
+    return {**ci, 'low': ci['mean'] - half, 'high': ci['mean'] + half, 'level': f'{100 - 5 / m:.4g}% Bonferroni '}
+
+
 def holm(ps):
     """Holm's step-down correction of m p-values for testing them together: sorted ascending, the i-th smallest
     (i = 1..m) becomes min(1, (m - i + 1) p_(i)), then the running maximum, so that the order is kept. None (an
@@ -419,11 +438,13 @@ def holm(ps):
 
 def verdict(ci, claimed=None, p=None):
     """holds / the opposite order / cannot tell: from the 95% CI (does it exclude 0?), or, given p (a corrected
-    p-value), from p < 0.05 in the direction of the mean."""
+    p-value), from p < 0.05 in the direction of the mean. A claimed size is read against ci (with a corrected p,
+    the interval bonferroni() widened)."""
     if ci is None:
         return 'cannot tell: fewer than two seeds'
     inside = claimed is not None and ci['low'] <= claimed <= ci['high']
-    size = '' if claimed is None else f'; the claimed +{claimed:g} is {"inside" if inside else "outside"} the interval'
+    where = 'the interval' if 'level' not in ci else f'the {ci["level"]}interval [{ci["low"]:+.2f}, {ci["high"]:+.2f}]'
+    size = '' if claimed is None else f'; the claimed +{claimed:g} is {"inside" if inside else "outside"} {where}'
     significant = (ci['low'] > 0 or ci['high'] < 0) if p is None else p < 0.05
     if significant and ci['mean'] > 0:
         return 'holds' + size
@@ -440,11 +461,12 @@ def test_claims(protocol, by_arm):
     for key, suffix in (('accs', ''), ('val_selected', '_val_selected')):
         cis = [paired(by_arm[c['a']][key], by_arm[c['b']][key]) for c in claims]
         ps = [p_value(ci) for ci in cis]
+        m = sum(p is not None for p in ps)  # the claims tested together
         for c, ci, p, p_holm in zip(claims, cis, ps, holm(ps)):
             c.update({f'ci{suffix}': ci, f'p{suffix}': p, f'p_holm{suffix}': p_holm,
                       f'verdict{suffix}': verdict(ci, c['claimed']),
-                      f'verdict_holm{suffix}': verdict(ci, c['claimed'], p_holm) if p_holm is not None else
-                      verdict(None)})
+                      f'verdict_holm{suffix}': verdict(bonferroni(ci, m), c['claimed'], p_holm) if p_holm is not None
+                      else verdict(None)})
     return claims
 
 
@@ -546,7 +568,9 @@ def table(name, protocol, settings, seeds, rows, tuning, claims, wall_s, tune_wa
         cell = lambda x: f'{x["mean"]:+.2f} [{x["low"]:+.2f}, {x["high"]:+.2f}] ({x["n"]})' if x else '-'
         pv = lambda p: f' (p {p:.3f})' if p is not None else ''
         lines += ['', f'Claims: paired differences a − b by seed with their 95% CI; verdicts raw, and with Holm\'s '
-                      f'correction across the {len(claims)} claims tested together (each accuracy its own family).',
+                      f'correction across the {len(claims)} claims tested together (each accuracy its own family); '
+                      'a claimed size is read against the 95% CI raw and, beside Holm\'s p, against the CI widened '
+                      'for the claims at once (Bonferroni).',
                   '', '| claim | final epoch: a − b [95% CI] (n) | verdict | Holm-corrected | '
                       'val-selected: a − b | verdict | Holm-corrected |', '|---|---|---|---|---|---|---|']
         for c in claims:

@@ -98,6 +98,9 @@ BUGS = {
                          'tests/test_train.py -k explode'),
     'holm not applied': ('compare.py', 'running = max(running, min(1.0, (len(tested) - rank) * p))', 'running = p',
                          'tests/test_compare.py -k holm'),
+    'claimed size read against the raw interval in the Holm column': (
+        'compare.py', "verdict(bonferroni(ci, m), c['claimed'], p_holm)", "verdict(ci, c['claimed'], p_holm)",
+        'tests/test_compare.py -k holm'),
     'edge never extended': ('compare.py', 'for axis, _, beyond, arms in chosen if beyond is not None]',
                             'for axis, _, beyond, arms in chosen if False]', 'tests/test_compare.py -k edge'),
     'a diverged run run again': ('compare.py', "    if os.path.exists(job.out + '.diverged'):", '    if False:',

@@ -365,6 +365,8 @@ def test_student_t_p_values_and_holms_correction_against_hand_computations():
     assert compare.t_two_sided(1.0, 1) == pytest.approx(0.5)  # df = 1, the Cauchy law: P(|T| >= 1) = 1/2
     assert compare.t_two_sided(3.0, 2) == pytest.approx(1 - 3 / math.sqrt(11))  # df = 2: 1 - t / sqrt(2 + t^2)
     assert compare.t_two_sided(0.0, 4) == pytest.approx(1.0)
+    for alpha, q in ((0.05, 2.776), (0.01, 4.604), (0.005, 5.598), (0.001, 8.610)):  # a printed t table, df = 4
+        assert compare.t_quantile(alpha, 4) == pytest.approx(q, abs=5e-4), alpha
     # Holm, m = 4: sorted 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> running max 0.06
     assert compare.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert compare.holm([0.2, None, 0.01]) == [pytest.approx(0.2), None, pytest.approx(0.02)]
@@ -372,19 +374,25 @@ def test_student_t_p_values_and_holms_correction_against_hand_computations():
 
 def test_holm_turns_a_marginal_holds_into_cannot_tell():
     """Three claims tested together: one marginal (p about 0.035 alone), two with nothing to show. Raw, the marginal
-    one holds; with Holm's correction, as the smallest of three p-values, it is tripled and cannot be told."""
+    one holds; with Holm's correction, as the smallest of three p-values, it is tripled and cannot be told. Its
+    claimed +3 lies outside the raw 95% interval and inside the interval widened for three claims at once."""
     rows = {'a': dict(accs={0: 80.0, 1: 81.0, 2: 82.0}, val_selected={}),
             'b': dict(accs={0: 79.0, 1: 79.5, 2: 80.0}, val_selected={}),  # a - b: 1.0, 1.5, 2.0
             'c': dict(accs={0: 79.0, 1: 82.0, 2: 81.5}, val_selected={}),  # a - c: 1.0, -1.0, 0.5
             'd': dict(accs={0: 80.5, 1: 80.2, 2: 81.9}, val_selected={})}  # a - d: -0.5, 0.8, 0.1
     protocol = dataclasses.replace(compare.PROTOCOLS['offline-tiny'], claims=tuple(
-        ('a', other, None, 'a paper') for other in 'bcd'))
+        ('a', other, 3.0 if other == 'b' else None, 'a paper') for other in 'bcd'))
     marginal, *nulls = compare.test_claims(protocol, rows)
     d = [1.0, 1.5, 2.0]  # computed here
     t = statistics.mean(d) / (statistics.stdev(d) / math.sqrt(3))
     assert marginal['p'] == pytest.approx(compare.t_two_sided(t, 2)) and 0.03 < marginal['p'] < 0.04
-    assert marginal['verdict'] == 'holds' and marginal['p_holm'] == pytest.approx(3 * marginal['p'])
-    assert marginal['verdict_holm'].startswith('cannot tell')
+    assert marginal['verdict'] == 'holds; the claimed +3 is outside the interval'  # 1.5 + 4.303 x 0.5 / sqrt 3
+    assert marginal['p_holm'] == pytest.approx(3 * marginal['p'])
+    # Bonferroni for 3 claims: P(|T| >= t) = 0.05 / 3 with df = 2, where P(|T| >= t) = 1 - t / sqrt(2 + t^2)
+    q = 1 - 0.05 / 3
+    half = math.sqrt(2 * q ** 2 / (1 - q ** 2)) * 0.5 / math.sqrt(3)  # sd of d = 0.5
+    assert marginal['verdict_holm'] == (f'cannot tell at this scale; the claimed +3 is inside the 98.33% Bonferroni '
+                                        f'interval [{1.5 - half:+.2f}, {1.5 + half:+.2f}]')
     assert all(c['verdict'].startswith('cannot tell') and c['p_holm'] >= c['p'] for c in nulls)
     assert marginal['verdict_val_selected'].startswith('cannot tell: fewer than two seeds')
 
