@@ -353,14 +353,6 @@ def train_argv(settings, arm_flags, seed, out, extra=()):
 
 # ---- statistics ----
 
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}  # Student's t, 97.5% quantile, by degrees of freedom
-
-
-def t975(df):
-    return T975.get(df) or T975[max(k for k in T975 if k <= df)] if df < 30 else 1.96
-
-
 def paired(a: dict, b: dict):
     """a, b: seed -> accuracy. The mean paired difference a - b over their common seeds with its 95% confidence
     interval (Student's t on the differences); None with fewer than two common seeds."""
@@ -369,7 +361,7 @@ def paired(a: dict, b: dict):
     if len(diffs) < 2:
         return None
     mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
-    half = t975(len(diffs) - 1) * sd / math.sqrt(len(diffs))
+    half = t_quantile(0.05, len(diffs) - 1) * sd / math.sqrt(len(diffs))  # Student's t, 97.5% quantile
     return dict(n=len(diffs), mean=mean, sd=sd, low=mean - half, high=mean + half, diffs=diffs)
 
 

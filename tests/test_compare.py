@@ -241,7 +241,7 @@ def test_paired_confidence_interval_against_a_hand_computation():
     d = [1.0, 2.0, -0.5, 2.0]
     mean = sum(d) / 4
     sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 3)
-    half = 3.182 * sd / 2  # t(0.975, 3 degrees of freedom) sd / sqrt(4)
+    half = 3.1824463 * sd / 2  # t(0.975, 3 degrees of freedom) sd / sqrt(4)
     ci = compare.paired(a, b)
     assert ci['n'] == 4 and ci['mean'] == pytest.approx(mean) and ci['sd'] == pytest.approx(sd)
     assert (ci['low'], ci['high']) == (pytest.approx(mean - half), pytest.approx(mean + half))
@@ -360,8 +360,9 @@ def test_report_tables_the_finished_runs_and_starts_none(tmp_path, monkeypatch):
 
 
 def test_student_t_p_values_and_holms_correction_against_hand_computations():
-    for df, q in compare.T975.items():  # the tabled 97.5% quantiles: two-sided p = 0.05
-        assert compare.t_two_sided(q, df) == pytest.approx(0.05, abs=3e-4), df
+    for df, q in {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 10: 2.228, 30: 2.042}.items():  # a printed table
+        assert compare.t_two_sided(q, df) == pytest.approx(0.05, abs=3e-4), df  # of the 97.5% quantiles
+        assert compare.t_quantile(0.05, df) == pytest.approx(q, abs=5e-4), df
     assert compare.t_two_sided(1.0, 1) == pytest.approx(0.5)  # df = 1, the Cauchy law: P(|T| >= 1) = 1/2
     assert compare.t_two_sided(3.0, 2) == pytest.approx(1 - 3 / math.sqrt(11))  # df = 2: 1 - t / sqrt(2 + t^2)
     assert compare.t_two_sided(0.0, 4) == pytest.approx(1.0)
