@@ -360,9 +360,7 @@ def paired(a: dict, b: dict):
     diffs = [a[s] - b[s] for s in seeds]
     if len(diffs) < 2:
         return None
-    mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
-    half = t_quantile(0.05, len(diffs) - 1) * sd / math.sqrt(len(diffs))  # Student's t, 97.5% quantile
-    return dict(n=len(diffs), mean=mean, sd=sd, low=mean - half, high=mean + half, diffs=diffs)
+    return t_interval(dict(n=len(diffs), mean=statistics.mean(diffs), sd=statistics.stdev(diffs), diffs=diffs), 0.05)
 
 
 def p_value(ci):
@@ -409,11 +407,17 @@ def t_quantile(alpha, df):
     return (low + high) / 2
 
 
+def t_interval(ci, alpha):
+    """ci (n, mean, sd of the differences) with its Student's t interval of level 1 - alpha:
+    mean ± t_{1 - alpha / 2, n - 1} sd / sqrt(n)."""
+    half = t_quantile(alpha, ci['n'] - 1) * ci['sd'] / math.sqrt(ci['n'])
+    return {**ci, 'low': ci['mean'] - half, 'high': ci['mean'] + half}
+
+
 def bonferroni(ci, m):
-    """The paired CI widened to hold for m claims at once (Bonferroni): mean ± t_{1 - 0.05 / (2 m)} sd / sqrt(n).
-    Holm's correction gives p-values, not intervals; a claimed size is read against this one beside them."""
-    half = t_quantile(0.05 / m, ci['n'] - 1) * ci['sd'] / math.sqrt(ci['n'])
-    return {**ci, 'low': ci['mean'] - half, 'high': ci['mean'] + half, 'level': f'{100 - 5 / m:.4g}% Bonferroni '}
+    """The paired CI widened to hold for m claims at once (Bonferroni): level 1 - 0.05 / m. Holm's correction gives
+    p-values, not intervals; a claimed size is read against this one beside them."""
+    return {**t_interval(ci, 0.05 / m), 'level': f'{100 - 5 / m:.4g}% Bonferroni '}
 
 
 def holm(ps):
