@@ -1,5 +1,5 @@
 """The baselines LoTeP and LoRSP compare against: LoR-VP, border prompts (ILM-VP, AutoVP, EVP) with their output
-label mappings, VPT-Deep, and LoRA. Behaviour from ../shared/spec/baselines.md; the code is written here.
+label mappings, VPT-Deep, and LoRA. Behaviour described in docs/baselines.md; the code is written here.
 
 References (behaviour, not code):
   LoR-VP  Jin et al., ICLR 2025, https://github.com/jincan333/LoR-VP
@@ -163,7 +163,7 @@ class SourceLabelMap(nn.Module):
 # ---- EVP's update rule ----
 
 class EVPUpdate(torch.optim.Optimizer):
-    """EVP's update rule (spec baselines.md sec. 5), for a BorderPrompt with squash=False:
+    """EVP's update rule (docs/baselines.md, sec. 8), for a BorderPrompt with squash=False:
         g = dL/d(prompt) over the whole canvas, g <- g / ||g||_2 (norm over all 3 x S x S entries, image area too),
         masked to the border, prompt <- prompt - lr g;  no momentum, no weight decay.
     The border entries of g are exactly delta.grad, so the step is delta <- delta - lr delta.grad / ||canvas_grad||.

@@ -1,6 +1,6 @@
 """Grouped VP, the LoTeP paper's preliminary study (Sec. 3, Eq. 3): deep prompts shared by groups of channels.
 
-Going Deep: Deep Visual Prompting with LoTeP (Zhao et al., 2026), Sec. 3; specification ../shared/spec/methods.md 2.2.
+Going Deep: Deep Visual Prompting with LoTeP (Zhao et al., 2026), Sec. 3; choices: docs/lotep.md, sec. 7.
 
     grouped_lorvp  each of g groups of contiguous channels shares one LoR-VP prompt G_k = B_k A_k (H x r)(r x W)
     deep_lorvp     g = C: a LoR-VP prompt per channel ("naive deep LoR-VP", O(C r (H + W)) parameters)

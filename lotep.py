@@ -2,7 +2,7 @@
 
 Going Deep: Deep Visual Prompting with LoTeP (Zhao, Wang, Wu, Wang, Zhang, Chan, Li, 2026); no public code.
 Implements Eqs. (1)-(2) (a prompt added to each block input), (4)-(5) (Tucker prompt), (6)-(7) (CP prompt),
-d = floor(L rho) (prompting depth) and Eq. (8) (cosine rank decay). Specification: ../shared/spec/methods.md, sec. 2.
+d = floor(L rho) (prompting depth) and Eq. (8) (cosine rank decay). Choices where the paper is silent: docs/lotep.md.
 
     bb = timm.create_model('resnet18', pretrained=True).eval().requires_grad_(False)
     prompts = lotep(backbone=bb, input_size=(3, 224, 224), kind='cp', r0=6, rho=0.5)  # hooks on blocks 0..d-1
@@ -255,8 +255,8 @@ def _block_input_shapes(backbone, blocks, input_size):
 
 
 class PixelPrompt(nn.Module):
-    """LoTeP's optional input-pixel prompt (spec 2.1, input_prompt='cp'): a CP-rank-R prompt on the 3 x S x S image,
-    added before normalization like LoR-VP's. Zero at init (colour factors zero)."""
+    """LoTeP's optional input-pixel prompt (docs/lotep.md, sec. 1; input_prompt='cp'): a CP-rank-R prompt on the
+    3 x S x S image, added before normalization like LoR-VP's. Zero at init (colour factors zero)."""
 
     def __init__(self, *, size: int, rank: int, init_std: float = INIT_STD, channels: int = 3):
         super().__init__()

@@ -28,8 +28,8 @@ import lorsp
 from distributed import GlobalBatches, all_reduce, share, world
 from flags import RESUMABLE, UsageError, given_flags, parse, resolve, saved_args
 from methods import BuildError, StateError, autocast, build, load_state, trainable_state
-from rundir import RunDir, RunDirError
-from serve import save_prompt
+from tools.rundir import RunDir, RunDirError
+from tools.serve import save_prompt
 
 # ---- training ----
 
@@ -400,7 +400,7 @@ def finish(a, model, splits, run, history, train_time, images_seen, trainable):
     summary['prompt_file'] = save_prompt(model, a, run.file('prompt.safetensors'), classes=splits.classes,
                                          test_acc=summary['test_acc'])
     if a.save_prompts:
-        from figures import lorsp_figures
+        from tools.figures import lorsp_figures
         images = torch.stack([splits.test[i][0] for i in range(min(a.save_prompts, len(splits.test)))])
         summary['figures'] = lorsp_figures(model.prompt, images.to(a.device), run.path)
     run.write_json('summary.json', summary)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import bench
+from tools import bench
 import lotep
 import train
 from flags import parse
@@ -45,7 +45,7 @@ def test_table_has_every_method_and_says_which_cannot_attach(tmp_path, monkeypat
     assert sorted(r['method'] for r in timed) == ['lorvp', 'lotep_cp']  # rows in METHODS' order
     assert all(r['step_ratio'] > 0 and r['latency_ratio'] > 0 and r['trainable'] > 0 for r in timed)
     assert all(r['memory_mb'] == pytest.approx(sum(r['memory_parts_mb'].values())) for r in timed)
-    assert md.splitlines()[2].startswith('`python bench.py --model test_resnet')  # the command that made it
+    assert md.splitlines()[2].startswith('`python tools/bench.py --model test_resnet')  # the command that made it
 
 
 def test_saved_bytes_against_a_hand_computation():

@@ -16,9 +16,9 @@ import time
 import pytest
 import torch
 
-import cka
-import compare
-import protocols
+from tools import cka
+from tools import compare
+from tools import protocols
 import train
 from conftest import ROOT
 from flags import parse
@@ -118,7 +118,7 @@ def test_a_run_another_process_owns_is_waited_for_not_failed(tmp_path, monkeypat
 
 
 def test_two_comparisons_on_one_protocol_lose_no_row_and_run_a_shared_arm_once(tmp_path):
-    cmd = [sys.executable, os.path.join(ROOT, 'compare.py'), '--protocol', 'offline-cifar10', '--tag', 'two',
+    cmd = [sys.executable, os.path.join(ROOT, 'tools', 'compare.py'), '--protocol', 'offline-cifar10', '--tag', 'two',
            '--seeds', '0', *TINY, '--no-tune']
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     procs = [subprocess.Popen([*cmd, '--methods', arms], cwd=tmp_path, stdout=subprocess.PIPE,
@@ -134,7 +134,7 @@ def test_two_comparisons_on_one_protocol_lose_no_row_and_run_a_shared_arm_once(t
 
 def test_children_die_with_compare_even_by_sigkill(tmp_path):
     slow = [a if a != '1' else '50' for a in TINY]
-    p = subprocess.Popen([sys.executable, os.path.join(ROOT, 'compare.py'), '--protocol', 'offline-cifar10', '--tag',
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, 'tools', 'compare.py'), '--protocol', 'offline-cifar10', '--tag',
                           'k', '--methods', 'lorvp', '--seeds', '0', *slow, '--no-tune'], cwd=tmp_path,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = tmp_path / 'runs' / 'offline-cifar10-k' / 'lorvp-s0'
@@ -482,7 +482,7 @@ def test_runs_are_read_back_from_the_table_or_from_their_folder_moved_elsewhere(
     again = compare.main([*argv, '--runs-dir', str(moved), '--data-dir', 'data'])
     out = capsys.readouterr().out
     assert 'tune' in out and out.count('done before, read back') == 1 and ' running ' not in out
-    assert f'resuming {os.path.join(compare.HERE, "train.py")} --resume --out {moved / "lp-s0"} --data-dir data' in out
+    assert f'resuming {os.path.join(compare.ROOT, "train.py")} --resume --out {moved / "lp-s0"} --data-dir data' in out
     assert again[0]['accs'] == first[0]['accs']
     # the table made there merges with the data read from yet another path (where it lies is not a setting)
     assert compare.main([*argv, '--runs-dir', str(moved)])[0]['accs'] == first[0]['accs']

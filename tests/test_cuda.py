@@ -16,8 +16,8 @@ import sys
 import pytest
 import torch
 
-import bench
-import predict
+from tools import bench
+from tools import predict
 import train
 from conftest import ROOT
 from flags import parse

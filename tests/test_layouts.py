@@ -12,7 +12,7 @@ from PIL import Image
 
 import data
 import layouts
-import predict
+from tools import predict
 import train
 from conftest import needs_cifar10, needs_tiny
 
@@ -158,7 +158,7 @@ def test_the_two_vtab_averages_against_a_hand_computation():
     """The mean over the tasks and the mean of the three group means differ whenever the groups differ in size:
     Natural 7, Specialized 4, Structured 8 tasks. Made-up accuracies: every Natural task 70, Specialized 80,
     Structured 50."""
-    import compare
+    from tools import compare
     accs = {t: {'Natural': 70.0, 'Specialized': 80.0, 'Structured': 50.0}[g] for t, (g, _) in data.VTAB_1K.items()}
     m = compare.task_means(accs)
     assert m['tasks'] == 19 and m['task_mean'] == pytest.approx((7 * 70 + 4 * 80 + 8 * 50) / 19)  # 63.16
@@ -170,7 +170,7 @@ def test_the_vtab_protocol_end_to_end_on_two_tasks(made, tmp_path, monkeypatch):
     """Tuning on train800 / val200 (no test image), final runs on train800val200 tested on test.txt, every task's
     table and JSON, both averages labelled; on the CPU with a tiny budget."""
     import json
-    import compare
+    from tools import compare
     monkeypatch.chdir(tmp_path)
     rows = compare.main(['--protocol', 'vtab-1k', '--tasks', 'eurosat,clevr_dist', '--tag', 't', '--data-dir',
                          made['vtab'], '--model', 'test_vit', '--img-size', '32', '--epochs', '1', '--batch-size', '16',

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 import lorsp
 from backbones import Adapted, normalizer
-from figures import lorsp_figures
+from tools.figures import lorsp_figures
 
 
 # ---- the reference: the first implementation, all n factors stacked as (B, n, c, L, L) ----
@@ -257,7 +257,7 @@ def test_the_fused_node_equals_autograd_on_the_equations(options):
 
 def test_the_fused_node_keeps_less_for_backward_than_autograd_on_the_equations():
     """What backward holds: the membrane potentials and the factors' inputs, not every product, spike and mask."""
-    import bench
+    from tools import bench
     m = lorsp.LoRSP(size=32, factors=4, rank=4)
     x = torch.rand(8, 3, 32, 32)
     fused = bench.saved_bytes(m, lambda: m(x).sum().backward())

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-import predict
-import serve
+from tools import predict
+from tools import serve
 import train
 from conftest import needs_lite0
 

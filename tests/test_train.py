@@ -360,8 +360,8 @@ def test_every_methods_prompt_file_reproduces_its_runs_test_accuracy(tmp_path, m
     prompt file, and the file's tensors against the last epoch's checkpoint. A BatchNorm backbone (test_resnet; a ViT
     for vpt_deep), so that anything that runs the model in train mode between the last epoch and the saving (a speed
     bench once did, for ft: its BatchNorm statistics took the timing batches) changes the saved file."""
-    import predict
-    from serve import read_prompt
+    from tools import predict
+    from tools.serve import read_prompt
     model = 'test_vit' if method == 'vpt_deep' else 'test_resnet'
     s = train.main(['--method', method, '--model', model, '--no-pretrained', '--dataset', 'synthetic', '--img-size',
                     '32', '--epochs', '1', '--train-per-class', '20', '--out', str(tmp_path / 'r')])

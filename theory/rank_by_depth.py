@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import train  # noqa: E402
 from data import SHARED_DATA  # noqa: E402
-from figures import pyplot  # noqa: E402
+from tools.figures import pyplot  # noqa: E402
 from flags import POS_INT  # noqa: E402
 from prop1_rank_bound import numerical_rank  # noqa: E402  (the same rank threshold as the synthetic check)
 

@@ -1,8 +1,8 @@
 """Use trained prompts: classify images, or evaluate on a data set, from prompt files alone (serve.py).
 
-    python predict.py --prompt runs/x/prompt.safetensors cat.png photos/        # top-5 classes of each image
-    python predict.py --prompt runs/x/prompt.safetensors --dataset cifar10 --data-dir ../shared/data --split test
-    python predict.py --prompt a.safetensors --prompt b.safetensors 0:cat.png 1:scan.png photos/   # several tasks, one
+    python tools/predict.py --prompt runs/x/prompt.safetensors cat.png photos/        # top-5 classes of each image
+    python tools/predict.py --prompt runs/x/prompt.safetensors --dataset cifar10 --data-dir ../shared/data --split test
+    python tools/predict.py --prompt a.safetensors --prompt b.safetensors 0:cat.png 1:scan.png photos/   # several tasks, one
                                                                                 # backbone, one batch; N: picks a task
 
 An image is resized as training did (the run's image size, no crop). With several prompt files every image goes to
@@ -20,10 +20,12 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+if __name__ == '__main__':  # python tools/predict.py from the project root: the project's modules come from there
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import data
 import train
 from flags import NONNEG_INT, POS_INT, dataset_name, device_name
-from serve import MultiTask, PromptFileError, load_task
+from tools.serve import MultiTask, PromptFileError, load_task
 
 
 class Images(Dataset):

@@ -1,7 +1,7 @@
 """The comparison protocols: what each one runs (data, model, scale, arms, seeds, the tuning grid, the claims it tests).
 compare.py runs them; this file is what a reader looks up.
 
-    python compare.py --list                                  # every protocol, its arms and settings
+    python tools/compare.py --list                                  # every protocol, its arms and settings
     PROTOCOLS['offline-cifar10-long'].claims                  # (arm a, arm b, the paper's gain of a over b, the paper)
 
 A protocol's settings are train.py flags of every run (True: a flag without a value); an arm is a method, or a method

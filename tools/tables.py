@@ -1,10 +1,10 @@
 """Tables under results/: written whole, under a lock, merged with what is on disk when they are written, and never
 replaced by a table made with other settings (compare.py's and bench.py's rule).
 
-    with results.locked('bench-tf_efficientnet_lite0-128'):   # two processes never lose each other's rows
-        previous = results.read(name)                         # None, or the .json record
-        results.check_settings(name, previous, settings)      # a ResultsError naming --tag if they differ
-        results.write(name, record, markdown)                 # .json and .md, each a temporary file renamed
+    with tables.locked('bench-tf_efficientnet_lite0-128'):   # two processes never lose each other's rows
+        previous = tables.read(name)                         # None, or the .json record
+        tables.check_settings(name, previous, settings)      # a ResultsError naming --tag if they differ
+        tables.write(name, record, markdown)                 # .json and .md, each a temporary file renamed
 """
 import fcntl
 import json

@@ -2,10 +2,10 @@
 frozen backbone's, timed in one process, interleaved, so that both see the same machine load; and the memory of a
 training step, counted.
 
-    python bench.py --model tf_efficientnet_lite0 --img-size 128 --methods all     # -> results/bench-<model>-<size>.md
-    python bench.py --methods lorsp,lorvp --precision fp32 --compile --tag fp32-compiled
-    python bench.py --serve lorvp,lotep_cp,lorsp,lotep_tk      # T tasks on one backbone in one batch, against T models
-    python bench.py --methods lorsp,ft --profile               # where the time goes: torch.profiler's top ops
+    python tools/bench.py --model tf_efficientnet_lite0 --img-size 128 --methods all     # -> results/bench-<model>-<size>.md
+    python tools/bench.py --methods lorsp,lorvp --precision fp32 --compile --tag fp32-compiled
+    python tools/bench.py --serve lorvp,lotep_cp,lorsp,lotep_tk      # T tasks on one backbone in one batch, against T models
+    python tools/bench.py --methods lorsp,ft --profile               # where the time goes: torch.profiler's top ops
     costs = measure({'lotep_cp': train_argv, ...}, reps=10)    # compare.py's cost columns, one row per arm
 
 The floor of a prompt is what the frozen backbone costs anyway: its forward + backward to its input (training; an
@@ -34,9 +34,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+if __name__ == '__main__':  # python tools/bench.py from the project root: the project's modules come from there
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import baselines
 import data
-import results
+from tools import tables
 import train
 from backbones import Adapted, create, normalizer
 from flags import POS_INT, parse, resolve
@@ -249,10 +251,10 @@ def main(argv=None):
     p.add_argument('--profile', action='store_true', help='instead of timing: the ops each method\'s step and forward '
                    'add to its floor\'s (torch.profiler) -> results/profile-<model>-<size>.txt')
     b = p.parse_args(argv)
-    b.command = 'python bench.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
+    b.command = 'python tools/bench.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     try:
-        results.check_tag(b.tag)
-    except results.ResultsError as e:
+        tables.check_tag(b.tag)
+    except tables.ResultsError as e:
         p.error(str(e))
     if b.serve:
         return serve_bench(b, p)
@@ -276,23 +278,23 @@ def main(argv=None):
     if b.profile:
         return write_profile(b, settings, build_tasks(argvs, b.classes)[0])
     try:
-        with results.locked(name):  # refused before minutes of timing, not after
-            results.check_settings(name, results.read(name), settings)
-    except results.ResultsError as e:
+        with tables.locked(name):  # refused before minutes of timing, not after
+            tables.check_settings(name, tables.read(name), settings)
+    except tables.ResultsError as e:
         raise SystemExit(f'error: {e}') from None
     tasks, rows, _ = build_tasks(argvs, b.classes)
     times = interleaved(tasks, b.reps, a.device)
     for m in tasks:
         rows[m].update(figures(times[m], bench_batch(a)))
-    with results.locked(name):  # merged with what is on disk now: rows of other methods stay
-        previous = results.read(name)
-        results.check_settings(name, previous, settings)
+    with tables.locked(name):  # merged with what is on disk now: rows of other methods stay
+        previous = tables.read(name)
+        tables.check_settings(name, previous, settings)
         merged = {r['method']: r for r in (previous or {}).get('rows', [])}
         merged.update(rows)
         ordered = [merged[m] for m in METHODS if m in merged]
         commands = list(dict.fromkeys((previous or {}).get('commands', []) + [b.command]))
         md = bench_table(b, settings, ordered, commands)
-        results.write(name, dict(settings=settings, commands=commands, torch=torch.__version__, rows=ordered), md)
+        tables.write(name, dict(settings=settings, commands=commands, torch=torch.__version__, rows=ordered), md)
     print(md)
     return ordered
 
@@ -329,14 +331,14 @@ def bench_table(b, settings, rows, commands):
 
 def write_profile(b, settings, tasks):
     """results/profile-<model>-<size>[-tag].txt; a file made by another command is not replaced (give --tag)."""
-    path = os.path.join(results.DIR, f'profile-{b.model}-{b.img_size}' + (f'-{b.tag}' if b.tag else '') + '.txt')
+    path = os.path.join(tables.DIR, f'profile-{b.model}-{b.img_size}' + (f'-{b.tag}' if b.tag else '') + '.txt')
     if os.path.exists(path):
         with open(path) as f:
             made_by = f.readline().strip()
         if made_by != b.command:
             raise SystemExit(f'error: {path} was made by another command ({made_by}); give this one its own --tag')
     text = f'{b.command}\n\n' + profile(tasks)
-    os.makedirs(results.DIR, exist_ok=True)
+    os.makedirs(tables.DIR, exist_ok=True)
     with open(path, 'w') as f:
         f.write(text)
     print(text + f'-> {path}')
@@ -356,9 +358,9 @@ def serve_bench(b, p):
     settings = dict(tasks=methods, model=b.model, img_size=b.img_size, reps=b.reps, pretrained=not b.no_pretrained,
                     machine=machine('cuda' if b.device != 'cpu' and torch.cuda.is_available() else 'cpu'))
     try:
-        with results.locked(name):
-            results.check_settings(name, results.read(name), settings)
-    except results.ResultsError as e:
+        with tables.locked(name):
+            tables.check_settings(name, tables.read(name), settings)
+    except tables.ResultsError as e:
         raise SystemExit(f'error: {e}') from None
     with tempfile.TemporaryDirectory() as tmp:
         for t, method in enumerate(methods):
@@ -401,9 +403,9 @@ def serve_bench(b, p):
              f'{b.reps} interleaved rounds; {where}, torch {torch.__version__}', '',
              '| serving | ms per batch | images/s | weights held MB |', '|---|---|---|---|']
     lines += [f'| {r["serving"]} | {r["ms"]:.1f} | {len(x) / r["ms"] * 1e3:.0f} | {r["mb"]:.1f} |' for r in rows]
-    with results.locked(name):  # the same settings: a new measurement of the same table replaces it
-        results.check_settings(name, results.read(name), settings)
-        results.write(name, dict(settings=settings, command=b.command, torch=torch.__version__, rows=rows),
+    with tables.locked(name):  # the same settings: a new measurement of the same table replaces it
+        tables.check_settings(name, tables.read(name), settings)
+        tables.write(name, dict(settings=settings, command=b.command, torch=torch.__version__, rows=rows),
                       '\n'.join(lines) + '\n')
     print('\n'.join(lines))
     return rows

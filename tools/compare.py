@@ -1,11 +1,11 @@
 """Run the arms of a named protocol (methods, or a method with some flags) x seeds, each the same way, and write the
 results table, its statistics and its figures.
 
-    python compare.py --protocol offline-cifar10                    # README's table: CPU, offline
-    python compare.py --protocol offline-cifar10-long --jobs 2      # tuned on validation, 5 seeds for the claims, Holm
-    python compare.py --protocol ablation-lotep-rho                 # one of the papers' ablations
-    python compare.py --protocol offline-cifar10-long --report      # the table of the runs finished so far
-    python compare.py --list                                        # every protocol, its arms and settings
+    python tools/compare.py --protocol offline-cifar10                    # README's table: CPU, offline
+    python tools/compare.py --protocol offline-cifar10-long --jobs 2      # tuned on validation, 5 seeds for the claims, Holm
+    python tools/compare.py --protocol ablation-lotep-rho                 # one of the papers' ablations
+    python tools/compare.py --protocol offline-cifar10-long --report      # the table of the runs finished so far
+    python tools/compare.py --list                                        # every protocol, its arms and settings
 
 Every run is a plain `python train.py ...` (the one training code path) into runs/<name>/<arm>-s<seed>, its log
 beside it. A finished run is read back and a killed one resumed, so a killed comparison continues where it stopped;
@@ -35,16 +35,18 @@ from dataclasses import dataclass
 
 import torch
 
-import bench
+if __name__ == '__main__':  # python tools/compare.py from the project root: the project's modules come from there
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tools import bench
 import data
-import results
+from tools import tables
 import train
 from flags import NONNEG_INT, POS, POS_INT, parse
 from methods import METHODS
-from protocols import AUTOVP_SEARCH, PROTOCOLS, TUNE_FLAGS
-from rundir import RunDir
+from tools.protocols import AUTOVP_SEARCH, PROTOCOLS, TUNE_FLAGS
+from tools.rundir import RunDir
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project root, where train.py is
 
 
 FLAGS = ('model', 'dataset', 'data_dir', 'train_per_class', 'test_limit', 'img_size', 'epochs', 'batch_size',
@@ -140,7 +142,7 @@ def start(job, threads, gpu, report=False):
         return None
     resume = made_by is not None and os.path.exists(os.path.join(job.out, 'checkpoint.pt'))
     data_dir = job.argv[job.argv.index('--data-dir'):][:2] if '--data-dir' in job.argv else []  # this machine's
-    cmd = [sys.executable, os.path.join(HERE, 'train.py')] + (['--resume', '--out', job.out, *data_dir] if resume
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py')] + (['--resume', '--out', job.out, *data_dir] if resume
                                                               else job.argv)
     print(f'{job.label}: {"resuming" if resume else "running"} {" ".join(cmd[1:])}', flush=True)
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads)}
@@ -645,8 +647,8 @@ def main(argv=None):
     if not a.protocol:
         p.error('--protocol is required (or --list)')
     try:
-        results.check_tag(a.tag)
-    except results.ResultsError as e:
+        tables.check_tag(a.tag)
+    except tables.ResultsError as e:
         p.error(str(e))
     protocol = PROTOCOLS[a.protocol]
     settings = dict(protocol.settings)
@@ -691,8 +693,8 @@ def main(argv=None):
             check_flags(arm, train_argv(task_settings, arm_flags[arm] + list(protocol.final_flags), 0, 'unused',
                                         extra))
         try:
-            same_settings(table_name, results.read(table_name), task_settings, extra)
-        except results.ResultsError as e:
+            same_settings(table_name, tables.read(table_name), task_settings, extra)
+        except tables.ResultsError as e:
             raise SystemExit(f'error: {e}') from None
     outcome = {table_name.rsplit('/', 1)[-1]: compare(plan, table_name, task_settings, task_runs)
                for table_name, task_settings, task_runs in named}
@@ -728,7 +730,7 @@ class Plan:
 def compare(plan, name, settings, runs_dir):
     """Tuning, the final runs, the cost columns and the table of one data set: (rows, failed jobs)."""
     protocol, extra, arms = plan.protocol, plan.extra, list(plan.arms)
-    on_disk = results.read(name) or {}  # its runs' records: a run whose folder is gone is read back from them
+    on_disk = tables.read(name) or {}  # its runs' records: a run whose folder is gone is read back from them
     tuning, failed, notes, tuning_runs = {}, [], [], {}
     if plan.tune:
         tuning, failed, notes, tuning_runs = tune_arms(name, plan.tuned_arms, plan.tune, plan.extend, settings, extra,
@@ -758,14 +760,14 @@ def compare(plan, name, settings, runs_dir):
     pending = [j for j in jobs if j.result.get('pending')]
     costs = {}
     if plan.bench_reps and not pending:  # measured once per arm, when no run of this comparison is still going
-        with results.locked(name):
-            known = (results.read(name) or {}).get('bench', {})
+        with tables.locked(name):
+            known = (tables.read(name) or {}).get('bench', {})
         todo = {arm: train_argv(settings, final_argv[arm], 0, 'unused', extra) for arm in arms
                 if arm not in known and any(r['arm'] == arm and 'test_acc' in r for r in runs)}
         if todo:
             costs = bench.measure(todo, plan.bench_reps)
-    with results.locked(name):  # merged with the table on disk now: another process may have written it meanwhile
-        previous = results.read(name)
+    with tables.locked(name):  # merged with the table on disk now: another process may have written it meanwhile
+        previous = tables.read(name)
         same_settings(name, previous, settings, extra)
         if previous is not None:  # runs of other arms or seeds made with these settings stay in the table
             keep = {(r['arm'], r['seed']) for r in runs}
@@ -788,7 +790,7 @@ def compare(plan, name, settings, runs_dir):
                               len(jobs))
         md = table(name, protocol, settings, seeds, rows, tuning, claims, wall, tune_wall, plan.changes, bench=costs,
                    notes=notes, incomplete=incomplete)
-        results.write(name, dict(protocol=name.split('/')[0], name=name, changes=plan.changes,
+        tables.write(name, dict(protocol=name.split('/')[0], name=name, changes=plan.changes,
                                  settings=shown(settings), extra=extra, seeds=seeds, arms=arms, tuning=tuning,
                                  grid_notes=notes, claims=claims, wall_s=wall, tune_wall_s=tune_wall, bench=costs,
                                  rows=rows, runs=runs, tuning_runs=tuning_runs), md)
@@ -831,7 +833,7 @@ def summarize_tasks(name, plan, settings):
     """The table of a multi-task protocol, from every task's table on disk made with these settings (tasks run in
     other invocations included): per task and arm the final-epoch test accuracy (mean ± std over seeds), the mean
     over the tasks and the mean of the group means, each labelled; the claims paired over the tasks."""
-    task_rows = {t: record['rows'] for t in plan.protocol.tasks if (record := results.read(f'{name}/{t}'))}
+    task_rows = {t: record['rows'] for t in plan.protocol.tasks if (record := tables.read(f'{name}/{t}'))}
     arms = list(dict.fromkeys(plan.arms + [r['arm'] for rows in task_rows.values() for r in rows]))
     tasks = list(task_rows)
     accs = {arm: {t: row['accs'] for t in tasks for row in task_rows[t] if row['arm'] == arm and row['accs']}
@@ -868,9 +870,9 @@ def summarize_tasks(name, plan, settings):
         lines += [f'| {c["a"]} over {c["b"]} ({c["paper"]}) | {ci(c["ci"])} | {c["verdict"]} | {c["verdict_holm"]} |'
                   for c in claims]
     md = '\n'.join(lines) + '\n'
-    with results.locked(name):
-        same_settings(name, results.read(name), settings, plan.extra)
-        results.write(name, dict(protocol=name, settings=shown(settings), extra=plan.extra, tasks=tasks, arms=arms,
+    with tables.locked(name):
+        same_settings(name, tables.read(name), settings, plan.extra)
+        tables.write(name, dict(protocol=name, settings=shown(settings), extra=plan.extra, tasks=tasks, arms=arms,
                                  accs=accs, per_task=per_task, means=means, claims=claims), md)
     print(md)
     return [dict(arm=arm, per_task=per_task[arm], means=means[arm]) for arm in arms]
@@ -893,7 +895,7 @@ def same_settings(name, previous, settings, extra):
     """A table is merged only with one made with the same settings and --extra flags (wherever its data lies)."""
     if previous is not None:
         what = lambda s: {k: v for k, v in s.items() if k not in WHERE}
-        results.check_settings(name, dict(previous, settings={**what(previous['settings']),
+        tables.check_settings(name, dict(previous, settings={**what(previous['settings']),
                                                               'extra': previous.get('extra', [])}),
                                {**what(shown(settings)), 'extra': extra})
 

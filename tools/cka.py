@@ -1,7 +1,7 @@
 """Linear CKA between each block's output features of a trained model and those of the frozen base model, and of a
 fully fine-tuned model when one is given: the LoTeP paper's Fig. 1(a).
 
-    python cka.py runs/offline-cifar10/lotep_cp-s0 --ft runs/offline-cifar10/ft-s0 --images 256
+    python tools/cka.py runs/offline-cifar10/lotep_cp-s0 --ft runs/offline-cifar10/ft-s0 --images 256
     # -> cka.md (a table) and cka.png (a plot) in the run directory
 
 CKA(X, Y) = <K_c, L_c>_F / (||K_c||_F ||L_c||_F), with K = X X^T and L = Y Y^T the Gram matrices of the N images'
@@ -15,10 +15,12 @@ import sys
 
 import torch
 
+if __name__ == '__main__':  # python tools/cka.py from the project root: the project's modules come from there
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import data
 import lotep
 import train
-from figures import pyplot
+from tools.figures import pyplot
 from flags import POS_INT
 
 
