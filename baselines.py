@@ -74,9 +74,13 @@ class BorderPrompt(nn.Module):
         right = self.canvas - self.inner - self.left
         x = F.pad(x, (self.left, right, self.left, right))  # centred on a zero canvas
         x = x + self.border()
-        if x.requires_grad:  # dL/d(a perturbation added to every image) = the batch sum of dL/dx: (c, S, S)
-            x.register_hook(lambda g: setattr(self, 'canvas_grad', g.sum(0)))
+        if x.requires_grad and not self.squash:  # EVP: dL/d(a perturbation added to every image) = sum_b dL/dx_b
+            x.register_hook(lambda g: setattr(self, 'canvas_grad', g.sum(0)))  # (c, S, S)
         return x
+
+    def after_backward(self, loop):  # train.hook: EVP's canvas gradient over the global batch, as DDP averages grads
+        if self.canvas_grad is not None:
+            loop.reduce(self.canvas_grad, mean=True)
 
     @staticmethod
     def num_trainable(canvas, inner, channels=3):
@@ -114,7 +118,7 @@ class SourceLabelMap(nn.Module):
     for a non-CLIP backbone; k = 1).
     interval=None: computed once, before the first epoch, with the initial prompt (FLM; EVP's pre-pass).
     interval=1: recomputed at the start of every epoch with the current prompt (ILM-VP); k epochs: AutoVP IterMap.
-    The training loop calls count_sources, sums the counts over its processes, and hands them to set_mapping."""
+    The training loop's hook epoch_start counts, sums the counts over the processes, and sets the mapping."""
 
     def __init__(self, *, num_classes: int, num_source: int = 1000, k: int = 1, interval: int | None = 1,
                  rule: str = 'greedy'):
@@ -138,18 +142,20 @@ class SourceLabelMap(nn.Module):
         return not bool(self.computed) or (self.interval is not None and epoch % self.interval == 0)
 
     @torch.no_grad()
-    def count_sources(self, model, batches) -> torch.Tensor:
-        """(S, C) counts: how often the model's frozen backbone predicts source class s for an image of class c."""
-        was_training = model.training
-        model.eval()
+    def count_sources(self, features, batches) -> torch.Tensor:
+        """(S, C) counts: how often the frozen backbone predicts source class s for an image of class c.
+        features: images -> (B, S) source logits (the backbone in eval mode, prompt included); batches: (x, y) pairs."""
         device = self.mapping.device
         counts = torch.zeros(self.num_source, self.num_classes, device=device)
         for x, y in batches:
-            pred = model.features(x.to(device)).argmax(1)  # the source prediction, prompt included: (B,)
+            pred = features(x.to(device)).argmax(1)  # the source prediction: (B,)
             y = y.to(device)
             counts.index_put_((pred, y), torch.ones(len(y), device=device), accumulate=True)
-        model.train(was_training)
         return counts
+
+    def epoch_start(self, epoch, loop):  # train.hook: recount before an epoch where the mapping is due
+        if self.due(epoch):
+            self.set_mapping(loop.reduce(self.count_sources(loop.features, loop.batches())))
 
     @torch.no_grad()
     def set_mapping(self, counts: torch.Tensor):

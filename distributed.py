@@ -5,13 +5,14 @@ one process with the same global batch.
 
 Every process holds the whole model and sees its share of every global batch (every world-th image of the batch one
 process would draw with the same seed). DDP averages the processes' gradients during backward (bucketed all-reduce,
-overlapped with it); train.py scales each process's share of the global batch's summed loss by the number of
-processes, so that the average is the gradient of the one-process run, the last partial batch weighted by its real
+overlapped with it); GlobalBatches.weights scales each process's share of the global batch's summed loss by the
+number of processes, so that the average is the gradient of the one-process run, the last partial batch weighted by its real
 size. Evaluation: each process takes every world-th image, counts are summed. Only process 0 writes the run directory.
 
 Every collective is legal on an NCCL group: the group has a backend for each device (gloo for CPU tensors, NCCL for
 CUDA tensors), and the training loop reduces on the run's device. What a method needs summed besides the gradients
-(label-mapping counts, EVP's canvas gradient) is reduced by train.py through reduce_(), never by the method's module.
+(label-mapping counts, EVP's canvas gradient) is reduced through reduce_(), which the training loop hands to the
+methods' hooks (train.hook): a method module calls no torch.distributed.
 BatchNorm in train mode (ft only) keeps per-process statistics (broadcast_buffers=False: the frozen backbone's buffers
 are not sent at every step); process 0's are saved.
 """
@@ -96,8 +97,10 @@ class GlobalBatches:
             batch = order[i:i + self.batch_size]
             yield batch[rank::size] or batch[:1]
 
-    def share(self, i):
-        """How many images of global batch i this process holds, and the global batch's size."""
+    def weights(self, i):
+        """(w, scale, n) for global batch i of n images: w = 1, or 0 where this process holds a stand-in image; scale
+        turns this process's summed loss into its part of the global batch's mean loss. DDP averages the processes'
+        gradients, so each process's part is multiplied by the number of processes: scale = processes / n."""
         rank, size = world()
         n = min(self.batch_size, self.n - i * self.batch_size)
-        return len(range(rank, n, size)), n
+        return float(len(range(rank, n, size)) > 0), size / n, n

@@ -4,6 +4,8 @@ by name), its help, which flags may change on --resume, and resolve(): the defau
     a = resolve(parse(['--method', 'lorvp', '--lr', '0.01']))  # the recipe, the method's defaults, device, precision
 """
 import argparse
+import hashlib
+import json
 import math
 import os
 import re
@@ -51,11 +53,22 @@ def device_name(text):
     return text
 
 
+class HelpFormatter(argparse.RawTextHelpFormatter):
+    """--help shows every flag's default; a flag the run resolves (the recipe, the device) says how in its help."""
+
+    def _get_help_string(self, action):
+        shown = action.help or ''
+        if 'default' not in shown and action.option_strings and action.default not in (None, argparse.SUPPRESS) \
+                and action.default is not False:
+            shown += ' (default: %(default)s)'
+        return shown
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='train.py', description='Train one method on a frozen timm backbone.',
-                                formatter_class=argparse.RawTextHelpFormatter,
+                                formatter_class=HelpFormatter,
                                 epilog=f'--resume takes the saved flags; of the others, only '
-                                       f'{", ".join("--" + k for k in RESUMABLE)} may change.')
+                                       f'{", ".join(flag(k) for k in RESUMABLE)} may change.')
     p.add_argument('--method', choices=sorted(METHODS), metavar='METHOD', help='required unless --resume:\n' +
                    '\n'.join(f'  {k:<14} {row.help}' for k, row in METHODS.items()))
     p.add_argument('--model', default='resnet18', help='a timm model name, or name.tag; without a tag, the papers\' '
@@ -69,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--splits', default='final', choices=['final', 'tune'], help='vtab-1k: final trains on '
                    'train800val200 and tests on test.txt; tune trains on train800 and validates on val200 (fgvc: '
                    'train + val / test, or train / val)')
-    p.add_argument('--img-size', type=POS_INT, default=224)
+    p.add_argument('--img-size', type=POS_INT, default=224, help='image side in pixels (training and evaluation)')
     p.add_argument('--epochs', type=POS_INT, help='default: the method recipe (20 for the LoR-VP family)')
     p.add_argument('--batch-size', type=POS_INT, help='global batch (default: the recipe, 256 for the LoR-VP family)')
     p.add_argument('--lr', type=POS, help='default: the method recipe (0.02 for the LoR-VP family)')
@@ -81,26 +94,30 @@ def parser() -> argparse.ArgumentParser:
                    help='lr schedule, per step (default: the method recipe)')
     p.add_argument('--warmup-epochs', type=NONNEG, help='warmup_cosine: epochs of linear warmup (default 10%% of '
                                                         '--epochs: VPT\'s 10 of 100)')
-    p.add_argument('--seed', type=NONNEG_INT, default=0)
-    p.add_argument('--train-per-class', type=POS_INT, help='reduced protocol: this many training images per class')
-    p.add_argument('--test-limit', type=POS_INT, help='reduced protocol: the first N test images')
+    p.add_argument('--seed', type=NONNEG_INT, default=0, help='seeds the subset, split, batch order, init')
+    p.add_argument('--train-per-class', type=POS_INT, help='reduced protocol: this many training images per class '
+                   '(default: all)')
+    p.add_argument('--test-limit', type=POS_INT, help='reduced protocol: the first N test images (default: all)')
     p.add_argument('--val-split', type=FRACTION, default=0.0, help='fraction of training images held out for selection')
     p.add_argument('--no-test', action='store_true', help='evaluate no test image (a tuning run: it selects on the '
                                                           '--val-split images only)')
     p.add_argument('--test-every', type=POS_INT, default=1, help='evaluate the test set every N epochs and after the '
                                                                  'last (default 1; large test sets, e.g. VTAB-1k\'s)')
     p.add_argument('--weights', help='a local checkpoint for --model (timm naming, .safetensors, or lukemelas '
-                                     'EfficientNet naming): all of the backbone is loaded from it, or the run stops')
+                                     'EfficientNet naming): all of the backbone is loaded from it, or the run stops (default: the '
+                                     'tag\'s weights, from timm)')
     p.add_argument('--no-pretrained', action='store_true', help='random backbone weights, on purpose')
-    p.add_argument('--precision', choices=['fp32', 'bf16'], help='bf16 autocast (default on CUDA and on CPUs with '
-                                                                 'bf16 matrix instructions) or fp32')
+    p.add_argument('--precision', choices=['fp32', 'bf16'], help='bf16 autocast or fp32 (default: bf16 on CUDA, fp32 '
+                                                                 'on a CPU, whatever its instructions)')
     p.add_argument('--compile', action='store_true', help='torch.compile the LoRSP prompt (README, Speed)')
     p.add_argument('--channels-last', action='store_true', help='the backbone and its input in channels-last memory '
                    'order: faster convolutions (1.4x a Lite0 step on a CPU), the same maths (README, Speed)')
     p.add_argument('--device', type=device_name, default='auto', help='auto (cuda if there is one), cpu, cuda:N')
     p.add_argument('--workers', type=NONNEG_INT, help='DataLoader workers (default 0 on cpu, 8 on cuda)')
-    p.add_argument('--out', help='run directory (default runs/<method>-<model>-<dataset>-<seed>)')
-    p.add_argument('--resume', action='store_true', help='continue the run in --out from its last saved epoch')
+    p.add_argument('--out', help='run directory (default: runs/<method>-<model>-<dataset>-s<seed>-<hash of the '
+                                  'settings>, printed when the run starts)')
+    p.add_argument('--resume', action='store_true', help='continue the run in --out (or the same command\'s default '
+                   'folder) from its last saved epoch')
     g = p.add_argument_group('prompt shapes (LoTeP, grouped VP, LoR-VP, LoRSP)')
     g.add_argument('--rank', type=POS_INT, help='r0 of LoTeP (default 6); r of LoR-VP, grouped VP, LoRSP (default 4)')
     g.add_argument('--rho', type=number(float, 0, 1, lo_open=True), help='deep prompts: d = floor(L rho) (default: '
@@ -109,16 +126,16 @@ def parser() -> argparse.ArgumentParser:
                    help='LoTeP rank schedule (Eq. 8 as printed; cosine_den_d fits Table 4\'s counts)')
     g.add_argument('--vit-layout', default='patches', choices=['patches', 'sequence'])
     g.add_argument('--init-std', type=POS, help='std of the prompt\'s random factor: LoTeP\'s spatial factors, '
-                                                'LoR-VP\'s / grouped VP\'s A, LoRSP\'s W, VPT\'s tokens')
+                                                'LoR-VP\'s / grouped VP\'s A, LoRSP\'s W, VPT\'s tokens (default: per method)')
     g.add_argument('--core-init', default='identity', choices=['identity', 'normal'], help='LoTeP-TK core init')
     g.add_argument('--input-prompt', default='none', choices=['none', 'lorvp', 'cp'],
-                   help='LoTeP: also a pixel prompt (spec 2.1): LoR-VP r = 4, or CP of rank --rank')
+                   help='LoTeP: also a pixel prompt (docs/lotep.md): LoR-VP r = 4, or CP of rank --rank')
     g.add_argument('--groups', type=POS_INT, help='grouped_lorvp: channel groups g (default 8)')
     g = p.add_argument_group('LoRSP')
     g.add_argument('--factors', type=POS_INT, default=4, help='n prompt factors = LIF time steps')
-    g.add_argument('--tau', type=number(float, 1), default=4.0)
-    g.add_argument('--v-th', type=number(float), default=0.0)
-    g.add_argument('--v-reset', type=number(float), default=0.0)
+    g.add_argument('--tau', type=number(float, 1), default=4.0, help='LIF time constant tau (Eq. 6)')
+    g.add_argument('--v-th', type=number(float), default=0.0, help='LIF threshold V_th (Eq. 7)')
+    g.add_argument('--v-reset', type=number(float), default=0.0, help='LIF reset V_reset (Eq. 8)')
     g.add_argument('--sparsity', type=FRACTION, default=0.5, help='lorsp_topk / lorsp_dropout: fraction zeroed')
     g.add_argument('--eq9', default='mean', choices=['mean', *lorsp.EQ9], help='how spikes gate the factors')
     g.add_argument('--orientation', default='cols', choices=['cols', 'rows'])
@@ -132,7 +149,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument('--map-k', type=POS_INT, default=1, help='freq / iter: source classes per target')
     g.add_argument('--map-interval', type=POS_INT, default=1, help='iter: recompute every N epochs')
     g.add_argument('--image-scale', type=number(float, 0, 1, lo_open=True, hi_open=True),
-                   help='border prompts: shrunk image side / canvas side (ILM-VP at CIFAR\'s 32 px in 224: 0.143)')
+                   help='border prompts: shrunk image side / canvas side (ILM-VP at CIFAR\'s 32 px in 224: 0.143; default: per method)')
     g.add_argument('--prompt-tokens', type=POS_INT, default=10, help='vpt_deep: tokens per block')
     g.add_argument('--lora-rank', type=POS_INT, default=8)
     g.add_argument('--lora-alpha', type=POS, default=8.0)
@@ -143,6 +160,47 @@ def parser() -> argparse.ArgumentParser:
 
 def parse(argv):
     return parser().parse_args(argv)
+
+
+WHERE = ('device', 'workers', 'data_dir', 'out', 'resume')  # where and how a run runs, not what it computes
+
+
+def settings(a) -> str:
+    """What a run computes, as text: its resolved arguments less WHERE."""
+    return json.dumps({k: v for k, v in sorted(vars(a).items()) if k not in WHERE}, default=str)
+
+
+def default_out(a) -> str:
+    """runs/<method>-<model>-<dataset>-s<seed>-<8 hex digits of its settings>: runs whose settings differ never share
+    a folder, and the same command finds its own run again."""
+    tag = hashlib.sha256(settings(a).encode()).hexdigest()[:8]
+    return os.path.join('runs', f'{a.method}-{a.model}-{a.dataset.replace(":", "-")}-s{a.seed}-{tag}')
+
+
+def same_run(a, saved: dict) -> bool:
+    """Whether a run's saved arguments (its config.json's args) compute what the resolved arguments a compute."""
+    return json.loads(settings(a)) == json.loads(settings(saved_args(saved)))
+
+
+def resumed_args(a, argv, run) -> argparse.Namespace:
+    """--resume: the saved arguments of the run in `run` (a RunDir), with the RESUMABLE flags given on the command
+    line; any other flag given must equal the saved one."""
+    if not run.exists('config.json'):
+        raise UsageError(f'--resume: no run to resume in {run.path} (no config.json); give --out the run directory, '
+                         f'or the flags the run was started with')
+    saved, given = saved_args(run.read_json('config.json')['args']), given_flags(argv) - {'resume', 'out'}
+    a.model, a.data_dir = backbones.resolve_name(a.model), os.path.abspath(a.data_dir)  # as saved
+    differ = [f'{flag(k)} {getattr(a, k)} (saved: {getattr(saved, k)})' for k in sorted(given)
+              if k not in RESUMABLE and getattr(a, k) != getattr(saved, k)]
+    if differ:
+        raise UsageError(f'--resume continues {run.path} with its saved flags; these differ: {"; ".join(differ)}. '
+                         f'Only {", ".join(flag(k) for k in RESUMABLE)} may change')
+    vars(saved).update({k: getattr(a, k) for k in given if k in RESUMABLE}, resume=True, out=run.path)
+    return saved
+
+
+def flag(dest) -> str:
+    return '--' + dest.replace('_', '-')
 
 
 def given_flags(argv) -> set:
@@ -177,10 +235,8 @@ def resolve(a):
         a.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     elif a.device.startswith('cuda') and not torch.cuda.is_available():
         raise UsageError(f'--device {a.device}: torch sees no CUDA device here; use --device cpu')
-    if a.precision is None:
-        cpu_bf16 = any(getattr(torch.cpu, f, lambda: False)() for f in ('_is_amx_tile_supported',
-                                                                        '_is_avx512_bf16_supported'))
-        a.precision = 'bf16' if a.device.startswith('cuda') or (a.device == 'cpu' and cpu_bf16) else 'fp32'
+    if a.precision is None:  # the same command gives the same run on every CPU; bf16 on a CPU by asking for it
+        a.precision = 'bf16' if a.device.startswith('cuda') else 'fp32'
     if a.workers is None:
         a.workers = 8 if a.device.startswith('cuda') else 0
     return a

@@ -2,7 +2,7 @@
 
 Beyond Low-Rank: Low-Rank Sparse Prompting via Spiking Neural Network and Prompt Factorization (Zhao, Jiang, Wang,
 Wan, Wang, Tang; arXiv 2606.01945, 2026); no public code. The paper's equations were lost from its text. These are
-the reconstruction of ../shared/spec/methods.md sec. 4.3, which reproduces the paper's own parameter counts
+this codebase's reconstruction (docs/lorsp.md says how and why), which reproduces the paper's own parameter counts
 (L r (c + n) = 6,272 for (n, r) = (4, 4) and 2,240 for (2, 2) at L = 224, c = 3):
 
     (4)  A_x = x W,  W in R^{L x nr}, no bias; Split_n along the last dimension: A^1 .. A^n, each c x L x r
@@ -18,8 +18,8 @@ the reconstruction of ../shared/spec/methods.md sec. 4.3, which reproduces the p
     x_hat = prompt(x)  # x: (B, 3, 224, 224) in [0, 1] -> x + P_hat(x): (B, 3, 224, 224); normalization comes after
 
 Dimension letters: B batch, c colour channels, L image side, n factors (= LIF time steps), r rank.
-Where sec. 4.3 lists alternatives (Eq. 9, the orientation of Eq. 5, the surrogate) and sec. 4.7 ablations (LPF, top-k,
-dropout), they are options of this one module, written after the method itself.
+The readings the reconstruction weighed (Eq. 9, the orientation of Eq. 5, the surrogate) and the paper's ablations
+(LPF, top-k, dropout) are options of this one module, written after the method itself (docs/lorsp.md).
 """
 import math
 
@@ -50,15 +50,6 @@ class SpikeFunction(torch.autograd.Function):
         return grad * (a / 2) / (1 + (math.pi * a * v / 2) ** 2), None, None
 
 
-def surrogate_grad(v, alpha, surrogate):
-    """dTheta/dv as SpikeFunction's backward takes it (sigmoid: alpha s (1 - s), s = sigmoid(alpha v); atan), for
-    SparsePrompt. Written twice on purpose: SpikeFunction is the reference path's, which the tests compare with."""
-    if surrogate == 'sigmoid':
-        s = torch.sigmoid(alpha * v)
-        return alpha * s * (1 - s)
-    return (alpha / 2) / (1 + (math.pi * alpha * v / 2) ** 2)
-
-
 def lif_step(P_t, V, *, tau, v_th, v_reset, spike):
     """One time step of leaky integrate-and-fire neurons, element-wise: input P_t, membrane V_{t-1} -> S_t, H_t, V_t."""
     # Eq. (6): H_t = V_{t-1} + (P_t - (V_{t-1} - V_reset)) / tau   (input scaled by 1/tau: SpikingJelly's decay_input)
@@ -76,8 +67,8 @@ class LoRSP(nn.Module):
     """x -> n low-rank factors P_1..P_n (instance-specific) -> LIF spikes -> sparse prompt P_hat -> x + P_hat.
 
     B (c, L, r) starts at zero, so P_hat = 0 at step 0 and the prompted model is the plain linear probe;
-    W ~ N(0, init_std^2) (spec sec. 4.5). tau, v_th, v_reset are constants, not parameters.
-    mode      'lif' (LoRSP); the ablations of spec sec. 4.7: 'mean' (LPF: the factors averaged, no neurons), 'topk'
+    W ~ N(0, init_std^2) (docs/lorsp.md). tau, v_th, v_reset are constants, not parameters.
+    mode      'lif' (LoRSP); the paper's ablations: 'mean' (LPF: the factors averaged, no neurons), 'topk'
               (keep the (1 - sparsity) fraction of largest |mean factor| entries per image), 'dropout' (zero each
               entry of the mean factor with probability `sparsity` in training, no rescaling; identity at evaluation).
     combine   Eq. (9): 'mean' (the method) or one of the alternative readings in EQ9 below.
@@ -104,19 +95,15 @@ class LoRSP(nn.Module):
         self.surrogate, self.alpha = surrogate, alpha
         self.B = nn.Parameter(torch.zeros(channels, size, rank))  # the shared low-rank basis, (c, L, r)
         self.W = nn.Parameter(torch.randn(size, factors * rank) * init_std)  # the spatial projection, (L, n r)
-        self.compiled = False  # compile(): the same maths in fused loops
         self.record_stats = False  # train.py turns it on: spike rates, density at its evaluations (extra passes)
         self._stats = None
 
     def forward(self, x):  # (B, c, L, L) -> (B, c, L, L)
-        if self.compiled:
-            P_hat, spike_rate = _compiled_sparse_prompt()(self, x)
-        elif self.mode == 'lif' and self.combine == 'mean':
-            # Eq. (4): A_x = x W; then Eqs. (5)-(9) as one node, SparsePrompt (sparse_prompt below is the same maths)
-            P_hat, spike_rate = SparsePrompt.apply(x @ self.W, self.B, self)
-            spike_rate = spike_rate if len(spike_rate) else None
-        else:
-            P_hat, spike_rate = self.sparse_prompt(x)
+        L = self.W.shape[0]
+        if x.shape[-2:] != (L, L):
+            raise ValueError(f'LoRSP was built for {L} x {L} images and got '
+                             f'{x.shape[-2]} x {x.shape[-1]}: build it with size={x.shape[-1]} or resize the images')
+        P_hat, spike_rate = self.sparse_prompt(x)  # Eqs. (4)-(9)
         if self.record_stats and not self.training:
             self._record(P_hat, spike_rate)
         # Eq. (10): x_hat = x + P_hat; the backbone's normalization comes after
@@ -147,15 +134,6 @@ class LoRSP(nn.Module):
     def spike(self, v):
         return SpikeFunction.apply(v, self.alpha, self.surrogate)
 
-    def compile(self, **kwargs) -> 'LoRSP':
-        """Speed only, an explicit step: run sparse_prompt through torch.compile (fused C++ loops on a CPU, Triton on a
-        GPU). In eager mode the LIF over n factors reads and writes (B, c, L, L) tensors a dozen times per step, so it
-        is bound by memory traffic; fused, it costs about its arithmetic (README, Speed). Same maths and gradients
-        (a test compares them); the first forward compiles, about 20 s on a CPU."""
-        self.compiled = True
-        _compiled_sparse_prompt(**kwargs)
-        return self
-
     # ---- diagnostics: spike rate of each time step and density of P_hat, accumulated in evaluation ----
 
     @torch.no_grad()
@@ -184,92 +162,13 @@ class LoRSP(nn.Module):
         return size * rank * (channels + factors)  # Eqs. (13)-(15): #B = c L r, #W = L n r
 
 
-# ---- Eqs. (5)-(9) as one autograd node: the path LoRSP trains and infers with ----
-
-class SparsePrompt(torch.autograd.Function):
-    """P_hat = (1/n) sum_t S_t P_t over the n factors P_t = B (A^t)^T, with the LIF of Eqs. (6)-(8), as one node.
-
-    The same maths as LoRSP.sparse_prompt (which autograd differentiates, and which the tests take as the reference),
-    written out so that each time step makes few passes through memory and backward keeps only what it needs: the
-    membrane potentials H_t (S_t = Theta(H_t - V_th) is recomputed from them) and the factors' inputs A; the products
-    P_t are made again in backward, one small batched product each. Backward runs the equations in reverse, the
-    surrogate gradient and the hard reset's included (the reset V_t = H_t (1 - S_t) + V_reset S_t is differentiated
-    through S_t too, as autograd does on the reference)."""
-
-    @staticmethod
-    def forward(ctx, A, basis, m):  # A: (B, c, L, n r) = x W; basis: B (c, L, r); m: the LoRSP module (constants)
-        A = A.unflatten(-1, (m.n, m.r))  # (B, c, L, n, r)
-        dtype = torch.promote_types(A.dtype, torch.float32)  # under bf16 autocast: products in bf16, the LIF in fp32
-        V = torch.full(A.shape[:3] + A.shape[2:3], float(m.v_reset), dtype=dtype, device=A.device)  # V_0
-        P_hat, H_all, rates = torch.zeros_like(V), [], []
-        for t in range(m.n):
-            P = factor(basis.to(A.dtype), A[..., t, :], m.orientation).to(dtype)  # Eq. (5): P_t, (B, c, L, L)
-            # Eq. (6): H_t = V_{t-1} + (P_t - (V_{t-1} - V_reset)) / tau = (P_t + (tau - 1) V_{t-1} + V_reset) / tau
-            H = torch.add(P, V, alpha=m.tau - 1).add_(m.v_reset).div_(m.tau)
-            # Eq. (7): S_t = Theta(H_t - V_th)
-            S = H >= m.v_th
-            # Eq. (9), summed here: P_hat += S_t P_t
-            P_hat += torch.where(S, P, 0.0)
-            # Eq. (8): V_t = H_t (1 - S_t) + V_reset S_t, the hard reset
-            V = torch.where(S, m.v_reset, H)
-            H_all.append(H)
-            if m.record_stats and not m.training:
-                rates.append(S.float().mean())  # a diagnostic (pop_stats)
-        ctx.save_for_backward(A, basis, *H_all)
-        ctx.m = m
-        rates = torch.stack(rates) if rates else torch.zeros(0, device=A.device)
-        ctx.mark_non_differentiable(rates)
-        return P_hat.div_(m.n), rates  # Eq. (9): (1/n) sum_t S_t P_t
-
-    @staticmethod
-    def backward(ctx, grad, _):
-        A, basis, *H_all = ctx.saved_tensors
-        m = ctx.m
-        G = grad.to(H_all[0].dtype) / m.n  # dL/d(S_t P_t), the same for every t
-        B32 = basis.to(G.dtype)
-        dA, dB = torch.zeros(A.shape, dtype=G.dtype, device=A.device), torch.zeros_like(B32)
-        dV = torch.zeros_like(G)  # dL/dV_t, from the steps after t (none after the last)
-        for t in reversed(range(m.n)):
-            H, A_t = H_all[t], A[..., t, :]
-            P = factor(basis.to(A.dtype), A_t, m.orientation).to(G.dtype)  # P_t again, as forward made it
-            A_t = A_t.to(G.dtype)
-            S = (H >= m.v_th).to(G.dtype)
-            dS_dH = surrogate_grad(H - m.v_th, m.alpha, m.surrogate)  # the surrogate of dTheta/dv
-            # Eqs. (8)-(9): S_t reaches the loss through S_t P_t / n and through the reset V_t = H_t (1 - S_t) + V_r S_t
-            dS = G * P + dV * (m.v_reset - H)
-            # Eq. (7) with the surrogate, and Eq. (8)'s direct path H_t (1 - S_t)
-            dH = dS * dS_dH + dV * (1 - S)
-            # Eq. (9) and Eq. (6): P_t enters S_t P_t / n and H_t = (P_t + (tau - 1) V_{t-1} + V_reset) / tau
-            dP = G * S + dH / m.tau
-            # Eq. (6): dH_t / dV_{t-1} = (tau - 1) / tau
-            dV = dH * ((m.tau - 1) / m.tau)
-            # Eq. (5): P_t = B (A^t)^T (cols) or A^t B^T (rows)
-            if m.orientation == 'cols':
-                dB += (dP @ A_t).sum(0)
-                dA[..., t, :] = dP.transpose(-1, -2) @ B32
-            else:
-                dA[..., t, :] = dP @ B32
-                dB += (dP.transpose(-1, -2) @ A_t).sum(0)
-        return dA.flatten(-2).to(A.dtype), dB.to(basis.dtype), None
-
-
 def factor(basis, A_t, orientation):  # Eq. (5): (c, L, r) and (B, c, L, r) -> P_t (B, c, L, L)
     if orientation == 'cols':
         return basis @ A_t.transpose(-1, -2)  # P_t[c, i, j] = sum_k B[c, i, k] A^t[c, j, k]
     return A_t @ basis.transpose(-1, -2)  # rows: P_t[c, i, j] = sum_k A^t[c, i, k] B[c, j, k]
 
 
-_COMPILED = {}
-
-
-def _compiled_sparse_prompt(**kwargs):
-    """One torch.compile'd LoRSP.sparse_prompt per process (it recompiles for other shapes or settings by itself)."""
-    if 'fn' not in _COMPILED:
-        _COMPILED['fn'] = torch.compile(LoRSP.sparse_prompt, **kwargs)
-    return _COMPILED['fn']
-
-
-# ---- the ablations (spec sec. 4.7): no neurons, the mean of the factors instead ----
+# ---- the ablations (docs/lorsp.md): no neurons, the mean of the factors instead ----
 
 def mean_factor(m: LoRSP, x):  # (1/n) sum_k P_k: (B, c, L, L)
     # Eq. (5) is linear in A^k, so the mean of the n products is one product with the mean of the A^k
@@ -311,7 +210,7 @@ def eq9_variant(m, x):  # LIF over the stacked factors, then an alternative read
 
 
 MODES = {'lif': eq9_variant, 'mean': lpf, 'topk': topk, 'dropout': dropout}
-EQ9 = {  # spec sec. 4.3, Eq. (9) alternatives (b)-(e); 'mean' (the method) is LoRSP.sparse_prompt
+EQ9 = {  # the other readings of Eq. (9) (docs/lorsp.md); 'mean' (the method) is LoRSP.sparse_prompt
     'sum': lambda S, H, P: (S * P).sum(1),  # sum_t S_t P_t (n times larger: interacts with the lr)
     'last': lambda S, H, P: S[:, -1] * P.mean(1),  # the last step's spikes gate the mean factor
     'rate': lambda S, H, P: S.mean(1) * P.mean(1),  # rate-coded gate

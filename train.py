@@ -1,19 +1,21 @@
-"""Train one method on a frozen timm backbone: the single entry point of this codebase (a GPU, the CPU, or several
+"""Train one method on a frozen timm backbone: the single entry point of this codebase (one GPU or the CPU; several
 processes under torchrun).
 
+    python train.py --method lotep_cp --model tf_efficientnet_lite0 --dataset cifar10-sample --img-size 96 --epochs 1
     python train.py --method lotep_cp --model resnet18 --dataset cifar100          # the papers' protocol, GPU
-    python train.py --method lp --model tf_efficientnet_lite0 --dataset cifar10 --data-dir ../shared/data \\
-        --train-per-class 100 --test-limit 1000 --img-size 96 --epochs 2           # offline, CPU, minutes
     torchrun --nproc_per_node 2 train.py --method lorvp ...                        # data-parallel, same result
 
 Arguments -> resolve -> set-up (run directory, model, data) -> the loop -> summary. The run directory (--out, default
-runs/<method>-<model>-<dataset>-<seed>) gets config.json, metrics.jsonl (a line per epoch), checkpoint.pt (after every
-epoch), summary.json and prompt.safetensors; --resume continues a killed run and ends where the uninterrupted run would.
+runs/<method>-<model>-<dataset>-s<seed>-<settings hash>) gets config.json, metrics.jsonl (a line per epoch),
+checkpoint.pt (after every epoch), summary.json and prompt.safetensors; --resume continues a killed run and ends where
+the uninterrupted run would. A method takes part in the loop only through hook() below.
 """
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -26,12 +28,13 @@ import data
 import distributed
 import lorsp
 from distributed import GlobalBatches, all_reduce, share, world
-from flags import RESUMABLE, UsageError, given_flags, parse, resolve, saved_args
+from flags import UsageError, default_out, parse, resolve, resumed_args, same_run
 from methods import BuildError, StateError, autocast, build, load_state, trainable_state
 from tools.rundir import RunDir, RunDirError
 from tools.serve import save_prompt
 
-# ---- training ----
+# ---- the learning rate, the optimizer, the batches ----
+
 
 def lr_factor(a, step, total, steps_per_epoch):
     t, epoch, warmup = step / total, step // steps_per_epoch, a.warmup_epochs * steps_per_epoch
@@ -41,53 +44,100 @@ def lr_factor(a, step, total, steps_per_epoch):
         return 0.5 * (1 + math.cos(math.pi * epoch / a.epochs))
     if a.schedule_lr == 'multistep':  # x0.1 at 50% and 72% of the epochs (ILM-VP, AutoVP)
         return 1.0 if epoch < 0.5 * a.epochs else 0.1 if epoch < 0.72 * a.epochs else 0.01
-    if a.schedule_lr == 'warmup_cosine':  # linear warmup, then cosine (VPT)
-        return (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) /
-                                                                             max(total - warmup, 1)))
+    if a.schedule_lr == 'warmup_cosine':  # linear warmup to 1 (never past it, however short), then cosine (VPT)
+        if step < warmup:
+            return min(1.0, (step + 1) / warmup)
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
     return 1.0
 
 
 def make_optimizer(a, model):
     head = {id(p) for p in model.head.parameters()}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in head]
-    prompt_lr = (a.prompt_lr or a.lr) * a.lr_scale
-    groups = [dict(params=rest, lr=prompt_lr, normalized=a.optimizer == 'evp',
-                   weight_decay=0.0 if a.optimizer == 'evp' else a.wd),
+    evp = a.optimizer == 'evp'
+    groups = [dict(params=rest, lr=(a.prompt_lr or a.lr) * a.lr_scale, normalized=evp, weight_decay=0 if evp else a.wd),
               dict(params=[p for p in model.head.parameters() if p.requires_grad], lr=a.lr * a.lr_scale,
                    normalized=False, weight_decay=a.wd)]
-    groups = [g for g in groups if g['params']]
-    for g in groups:
-        g['base_lr'] = g['lr']
-    if a.optimizer == 'evp':
+    groups = [dict(g, base_lr=g['lr']) for g in groups if g['params']]
+    if evp:
         return baselines.EVPUpdate(groups, prompt=model.prompt, lr=a.lr * a.lr_scale, weight_decay=a.wd)
-    for g in groups:
-        g.pop('normalized')
-    if a.optimizer == 'adam':
-        return torch.optim.Adam(groups)
-    return torch.optim.SGD(groups, momentum=0.9)
+    groups = [{k: v for k, v in g.items() if k != 'normalized'} for g in groups]
+    return torch.optim.Adam(groups) if a.optimizer == 'adam' else torch.optim.SGD(groups, momentum=0.9)
 
 
 def loader(ds, a, *, seed=None):
     """Training batches (seeded, this process's share of each global batch), or evaluation batches in order."""
+    cuda = a.device.startswith('cuda')
     if seed is not None:  # the generator seeds workers; the sampler draws the order from its own
         return DataLoader(ds, batch_sampler=GlobalBatches(len(ds), a.batch_size, seed), num_workers=a.workers,
-                          pin_memory=a.device.startswith('cuda'), generator=torch.Generator().manual_seed(seed))
-    return DataLoader(ds, batch_size=a.batch_size, num_workers=a.workers, pin_memory=a.device.startswith('cuda'))
+                          pin_memory=cuda, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(ds, batch_size=a.batch_size, num_workers=a.workers, pin_memory=cuda)
+
+
+# ---- how a method takes part in the loop: its modules' hooks, called by name ----
+
+@dataclass
+class Loop:
+    """What the loop hands a method's hooks. The loop owns every collective: a hook sums only through reduce."""
+    features: Callable  # images -> the frozen backbone's output, prompt included (what a label mapping counts)
+    batches: Callable  # () -> this process's share of the training images, in order
+    reduce: Callable = distributed.reduce_  # sums (mean=True: averages) a tensor over the processes, in place
+
+
+def hook(model, name, *args) -> dict:
+    """Calls `name` on every module of the model that defines it and merges what they return. The hooks:
+        epoch_start(epoch, loop)  before each epoch (label mappings: recount the source predictions when due)
+        after_backward(loop)      after each backward (EVP's prompt: its canvas gradient, averaged over processes)
+        pop_stats()               after each evaluation: diagnostics for metrics.jsonl (LoRSP: spike rates, density)
+    A module with a `record_stats` attribute gathers its diagnostics while the run evaluates."""
+    out = {}
+    for m in model.modules():
+        fn = getattr(m, name, None)
+        if m is not model and callable(fn):
+            out.update(fn(*args) or {})
+    return out
+
+
+# ---- evaluation, and the cached linear probe ----
+
+class Progress:
+    """A progress line, refreshed by time: every second on a terminal, every 10 s in a log, and at the end."""
+
+    def __init__(self, total, label, *, show=True):
+        self.total, self.label, self.t0, self.shown, self.show = total, label, time.time(), -math.inf, show
+        self.tty, self.every = sys.stderr.isatty(), 1.0 if sys.stderr.isatty() else 10.0
+
+    def due(self, i):
+        return self.show and (i == self.total or i == 1 or time.time() - self.shown >= self.every)
+
+    def update(self, i, images, loss=None, acc=None):
+        if not self.due(i):
+            return
+        rate, bar = images / max(time.time() - self.t0, 1e-9), '=' * (20 * i // self.total)
+        what = f' loss {loss:.3f} acc {acc:.1f}%' if loss is not None else ''
+        end = '\n' if i == self.total or not self.tty else ''
+        print(f'\r{self.label} [{bar:<20}] {i}/{self.total}{what} {rate:.0f} img/s', end=end, file=sys.stderr,
+              flush=True)
+        self.shown = time.time()
 
 
 @torch.no_grad()
-def evaluate(net, ds, a):
-    """Accuracy on a data set; under torchrun each process evaluates its share and every image counts once. The
-    counts stay on the device until the end (no wait for the GPU per batch)."""
+def evaluate(net, ds, a, label='evaluating'):
+    """(accuracy %, mean loss) on a data set; under torchrun each process evaluates its share and every image counts
+    once. The sums stay on the device until the end (no wait for the GPU per batch)."""
     net.eval()
-    counts = torch.zeros(2, dtype=torch.float64, device=a.device)  # correct, images
-    for x, y in loader(share(ds), a):
+    sums, n = torch.zeros(2, dtype=torch.float64, device=a.device), 0  # correct, summed loss; images
+    batches = loader(share(ds), a)
+    progress = Progress(len(batches), label, show=world()[0] == 0)
+    for i, (x, y) in enumerate(batches):
         x, y = x.to(a.device, non_blocking=True), y.to(a.device, non_blocking=True)
         with autocast(a):
-            counts[0] += (net(x).argmax(1) == y).sum()
-        counts[1] += len(y)
-    correct, total = distributed.reduce_(counts).tolist()
-    return 100.0 * correct / total
+            logits = net(x).float()
+        sums += torch.stack([(logits.argmax(1) == y).sum(), F.cross_entropy(logits, y, reduction='sum')])
+        n += len(y)
+        progress.update(i + 1, n)  # counts batches and images only: nothing is read from the device
+    correct, loss, n = distributed.reduce_(torch.cat([sums, sums.new_tensor([n])])).tolist()
+    return 100.0 * correct / n, loss / n
 
 
 @torch.no_grad()
@@ -108,153 +158,121 @@ def cached_features(model, splits, a):
 
 def only_head_trains(model) -> bool:
     head = {id(p) for p in model.head.parameters()}
-    return all(id(p) in head for p in model.parameters() if p.requires_grad) and not label_maps(model)
+    label_maps = any(isinstance(m, baselines.SourceLabelMap) for m in model.modules())
+    return all(id(p) in head for p in model.parameters() if p.requires_grad) and not label_maps
 
 
-def label_maps(model):
-    return [m for m in model.modules() if isinstance(m, baselines.SourceLabelMap)]
-
-
-def update_label_maps(model, batches, epoch):
-    """ILM, FLM, FreqMap, EVP's mode: before an epoch where one is due, a pass over the training set (this process's
-    share of it), the counts summed over the processes."""
-    for m in label_maps(model):
-        if m.due(epoch):
-            m.set_mapping(distributed.reduce_(m.count_sources(model, batches)))
-
-
-def record_stats(model):
-    """Method diagnostics (LoRSP's spike rates and prompt density) at this run's evaluations; off elsewhere."""
-    for m in model.modules():
-        if hasattr(m, 'record_stats'):
-            m.record_stats = True
-
-
-def pop_stats(model):
-    stats = {}
-    for m in model.modules():
-        if m is not model and hasattr(m, 'pop_stats'):
-            stats.update(m.pop_stats())
-    return stats
-
-
-class Progress:
-    def __init__(self, total, label):
-        self.total, self.label, self.t0, self.shown = total, label, time.time(), -1
-        self.tty = sys.stderr.isatty()
-
-    def update(self, i, images, loss, acc):
-        """At step i of the epoch (every READ_EVERY steps): a bar on a terminal, a line per quarter in a log."""
-        rate = images / max(time.time() - self.t0, 1e-9)
-        quarter = 4 * i // self.total
-        if self.tty or quarter > self.shown or i == self.total:
-            bar = '=' * (20 * i // self.total)
-            end = '\n' if i == self.total or not self.tty else ''
-            print(f'\r{self.label} [{bar:<20}] {i}/{self.total} loss {loss:.3f} acc {acc:.1f}% {rate:.0f} img/s',
-                  end=end, file=sys.stderr, flush=True)
-            self.shown = quarter
-
+# ---- the explode rule ----
 
 class Diverged(Exception):
-    """The training loss became NaN or infinite, or exploded: the run stops, its last good checkpoint kept."""
+    """The loss became NaN or infinite, or exploded: the run stops, its last good checkpoint kept."""
 
 
 READ_EVERY = 10  # steps between reads of the epoch's running loss from the device (each read waits for the GPU)
-EXPLODED = 10  # a window's mean loss above EXPLODED x max(ln K, the first step's loss) stops the run as diverged
+EXPLODED = 10  # a mean loss above EXPLODED x max(ln K, the first step's loss) stops the run as diverged
 
 
-def check_loss(window_loss, K, first_loss, epoch, first, last):
-    """Stops a run whose training loss is not finite, or whose mean over steps first..last exceeds 10 x the larger of
-    ln K (chance level) and the loss of the run's first step: with K = 10 and a fresh head (which starts near ln K),
-    a model that gives the true class e^-23 of probability on average, which no run that learns comes near; a
-    backbone whose initial loss is far above chance (random weights) is held to its own start. Healthy runs of every
-    method stay far below it (README, When things go wrong)."""
-    where = f'at epoch {epoch + 1}, steps {first}-{last}'
+def check_loss(loss, K, first_loss, epoch, where):
+    """Stops a run whose training loss over some steps, or whose loss on evaluation images (after the epoch's last
+    update), is not finite or exceeds 10 x the larger of ln K (chance level) and the loss of the run's first step:
+    with K = 10, a model that gives the true class e^-23 of probability on average, which no run that learns comes
+    near; a backbone whose initial loss is far above chance (random weights) is held to its own start."""
     line = EXPLODED * max(math.log(K), first_loss)
-    if not math.isfinite(window_loss):
-        problem = f'the training loss became {window_loss} {where}'
-    elif window_loss > line:
-        problem = (f'the training loss exploded to {window_loss:.4g} {where} (above {EXPLODED} x max(ln K, the first '
-                   f'step\'s loss) = {line:.3g}; chance level is ln K = {math.log(K):.3g})')
+    if not math.isfinite(loss):
+        problem = f'the loss became {loss} at epoch {epoch + 1}, {where}'
+    elif loss > line:
+        problem = (f'the loss exploded to {loss:.4g} at epoch {epoch + 1}, {where} (above {EXPLODED} x max(ln K, the '
+                   f'first step\'s loss) = {line:.3g}; chance level is ln K = {math.log(K):.3g})')
     else:
         return
     raise Diverged(f'{problem}; the run stopped and its last checkpoint (epoch {epoch}) is kept. Try a lower --lr '
                    f'(or --lr-scale), or --precision fp32')
 
 
+# ---- the loop ----
+
+def train_epoch(a, net, opt, dl, epoch, K, state):
+    """One epoch's steps; returns (summed loss, correct predictions, images) over the global batches."""
+    ddp = state['ddp']  # net, or net in DDP under torchrun (it averages the processes' gradients in backward)
+    steps, total = len(dl), a.epochs * len(dl)
+    progress = Progress(steps, f'epoch {epoch + 1}/{a.epochs}', show=world()[0] == 0)
+    sums = torch.zeros(2, dtype=torch.float64, device=a.device)  # summed loss, correct predictions: on the device
+    seen, read, checked = 0, (0.0, 0.0), dict(loss=0.0, seen=0, step=0)  # the sums at the last read, last check
+    for i, (x, y) in enumerate(dl):
+        for g in opt.param_groups:
+            g['lr'] = g['base_lr'] * lr_factor(a, epoch * steps + i, total, steps)
+        x, y = x.to(a.device, non_blocking=True), y.to(a.device, non_blocking=True)
+        with autocast(a):
+            logits = ddp(x)
+        w, scale, n = dl.batch_sampler.weights(i)  # distributed.py: this process's share of the global batch
+        loss_sum = F.cross_entropy(logits.float(), y, reduction='sum') * w
+        opt.zero_grad(set_to_none=True)
+        (loss_sum * scale).backward()  # the global batch's mean loss
+        hook(net, 'after_backward', state['loop'])
+        opt.step()
+        sums += torch.stack([loss_sum.detach(), (logits.argmax(1) == y).sum() * w])
+        seen += n
+        if state['first_loss'] is None:  # the run's first step, before any update: the explode rule's reference
+            state['first_loss'] = distributed.reduce_(loss_sum.detach().double()).item() / n
+        # one wait for the device per read: the explode rule's every READ_EVERY steps and at the end, and, in one
+        # process, when the progress line is due (under torchrun every process must read at the same steps)
+        check = (i + 1) % READ_EVERY == 0 or i + 1 == steps
+        if check or (world()[1] == 1 and progress.due(i + 1)):
+            read = distributed.reduce_(sums.clone()).tolist()  # summed loss, correct predictions
+            if check:  # the mean loss of the steps since the last check
+                check_loss((read[0] - checked['loss']) / (seen - checked['seen']), K, state['first_loss'], epoch,
+                           f'steps {checked["step"] + 1}-{i + 1}')
+                checked = dict(loss=read[0], seen=seen, step=i + 1)
+            progress.update(i + 1, seen, read[0] / seen, 100.0 * read[1] / seen)
+    return read[0], read[1], seen
+
+
 def train(a, model, splits, run, ckpt=None):
     """The epochs (from a checkpoint's, if given); returns the metrics of every epoch, training time, images seen."""
-    rank, size = world()
     opt = make_optimizer(a, model)
-    history, start, train_time, images_seen, first_loss = [], 0, 0.0, 0, None
+    history, train_time, images_seen, first_loss = [], 0.0, 0, None
     if ckpt is not None:  # set-up loaded its model state
         opt.load_state_dict(ckpt['optimizer'])
         history, train_time, images_seen = ckpt['history'], ckpt['train_time_s'], ckpt['images_seen']
         first_loss = ckpt.get('first_loss')
-        start = len(history)
-        print(f'resuming {run.path} after epoch {start}/{a.epochs}')
+        print(f'resuming {run.path} after epoch {len(history)}/{a.epochs}')
     net = model
     if only_head_trains(model):  # lp: the backbone's forwards happen once, here, and count as training time
         t0 = time.time()
         splits, net = cached_features(model, splits, a), model.head
         train_time += time.time() - t0
-    ddp = distributed.data_parallel(net, a.device)  # torchrun: DDP averages the gradients in backward
-    record_stats(model)
-    steps_per_epoch = math.ceil(len(splits.train) / a.batch_size)
-    total = a.epochs * steps_per_epoch
-    for epoch in range(start, a.epochs):
+    loop = Loop(features=model.features, batches=lambda: loader(share(splits.train), a))
+    state = dict(ddp=distributed.data_parallel(net, a.device), loop=loop, first_loss=first_loss)
+    for m in model.modules():  # method diagnostics (LoRSP's spike rates) at this run's evaluations
+        if hasattr(m, 'record_stats'):
+            m.record_stats = True
+    for epoch in range(len(history), a.epochs):
         torch.manual_seed(a.seed * 100_003 + epoch)  # dropout masks etc.: the same with and without a resume
         t0 = time.time()
-        update_label_maps(model, loader(share(splits.train), a), epoch)
+        model.eval()
+        hook(model, 'epoch_start', epoch, loop)
         net.train()
         dl = loader(splits.train, a, seed=a.seed * 100_003 + epoch)
-        progress = Progress(len(dl), f'epoch {epoch + 1}/{a.epochs}') if rank == 0 else None
-        sums = torch.zeros(2, dtype=torch.float64, device=a.device)  # the epoch's summed loss and correct predictions
-        read = dict(loss=0.0, correct=0.0, seen=0, step=0)  # their values at the last read
-        seen = 0
-        for i, (x, y) in enumerate(dl):
-            step = epoch * steps_per_epoch + i
-            for g in opt.param_groups:
-                g['lr'] = g['base_lr'] * lr_factor(a, step, total, steps_per_epoch)
-            x, y = x.to(a.device, non_blocking=True), y.to(a.device, non_blocking=True)
-            mine, global_n = dl.batch_sampler.share(i)  # images of the global batch in this process: 0 = a stand-in
-            with autocast(a):
-                logits = ddp(x)
-            batch_loss = F.cross_entropy(logits.float(), y, reduction='sum') * (mine > 0)  # this process's share
-            # the mean loss over the global batch; DDP averages the processes' gradients, hence x size
-            loss = batch_loss * size / global_n
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if isinstance(opt, baselines.EVPUpdate):  # EVP's canvas gradient, a gradient outside the parameters
-                distributed.reduce_(opt.prompt.canvas_grad, mean=True)  # averaged as DDP averages the others
-            opt.step()
-            sums += torch.stack([batch_loss.detach(), (logits.argmax(1) == y).sum() * (mine > 0)])
-            seen += global_n
-            if first_loss is None:  # the run's first step, before any update: the explode rule's reference (one read)
-                first_loss = distributed.reduce_(batch_loss.detach().double()).item() / global_n
-            if (i + 1) % READ_EVERY == 0 or i + 1 == len(dl):  # one wait for the device per READ_EVERY steps
-                loss_sum, correct = distributed.reduce_(sums.clone()).tolist()
-                check_loss((loss_sum - read['loss']) / (seen - read['seen']), splits.num_classes, first_loss, epoch,
-                           read['step'] + 1, i + 1)
-                read = dict(loss=loss_sum, correct=correct, seen=seen, step=i + 1)
-                if progress:
-                    progress.update(i + 1, seen, loss_sum / seen, 100.0 * correct / seen)
-        train_time += time.time() - t0
-        images_seen += seen
-        row = dict(epoch=epoch, train_loss=read['loss'] / seen, train_acc=100.0 * read['correct'] / seen,
+        loss, correct, seen = train_epoch(a, net, opt, dl, epoch, splits.num_classes, state)
+        train_time, images_seen = train_time + time.time() - t0, images_seen + seen
+        row = dict(epoch=epoch, train_loss=loss / seen, train_acc=100.0 * correct / seen,
                    lr=opt.param_groups[-1]['lr'], epoch_time_s=time.time() - t0)
-        if splits.val is not None:
-            row['val_acc'] = evaluate(net, splits.val, a)
-        pop_stats(model)
+        evaluations = [('val', splits.val)] if splits.val is not None else []
         if not a.no_test and ((epoch + 1) % a.test_every == 0 or epoch + 1 == a.epochs):  # tuning runs never do
-            row['test_acc'] = evaluate(net, splits.test, a)
-            row.update(pop_stats(model))  # method diagnostics on the test set (LoRSP spike rates, prompt density)
+            evaluations.append(('test', splits.test))
+        for name, ds in evaluations:  # the last update may have blown the model up: its evaluation says so
+            row[f'{name}_acc'], eval_loss = evaluate(net, ds, a, f'{name} images')
+            check_loss(eval_loss, splits.num_classes, state['first_loss'], epoch, f'on the {name} images after its '
+                       f'last update')
+            stats = hook(model, 'pop_stats')
+            row.update(stats if name == 'test' else {})  # method diagnostics on the test set
         history.append(row)
-        if rank == 0:
+        if world()[0] == 0:
             print(f'epoch {epoch + 1}/{a.epochs}: ' + ' '.join(
                 f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}' for k, v in row.items() if k != 'epoch'))
             run.save_checkpoint(dict(model=trainable_state(model), optimizer=opt.state_dict(), history=history,
-                                     train_time_s=train_time, images_seen=images_seen, first_loss=first_loss))
+                                     train_time_s=train_time, images_seen=images_seen,
+                                     first_loss=state['first_loss']))
             run.write_metrics(history)
     return history, train_time, images_seen
 
@@ -263,25 +281,14 @@ def train(a, model, splits, run, ckpt=None):
 
 def setup(a, argv, rank):
     """Resolved arguments, the claimed run directory, the model, the data and the checkpoint to resume from (None:
-    from the start); or a UsageError-like exception."""
+    from the start; model None: the run has finished); or a UsageError-like exception."""
     if a.resume:
-        if not a.out:
-            raise UsageError('--resume needs --out, the run directory')
-        run = RunDir(a.out)
-        if not run.exists('config.json'):
-            raise RunDirError(f'--resume: no run to resume in {a.out} (no config.json); give --out the run directory')
-        saved, given = saved_args(run.read_json('config.json')['args']), given_flags(argv) - {'resume', 'out'}
-        a.model, a.data_dir = backbones.resolve_name(a.model), os.path.abspath(a.data_dir)  # as saved
-        differ = [f'--{k.replace("_", "-")} {getattr(a, k)} (saved: {getattr(saved, k)})' for k in sorted(given)
-                  if k not in RESUMABLE and getattr(a, k) != getattr(saved, k)]
-        if differ:
-            raise UsageError(f'--resume continues {a.out} with its saved flags; these differ: {"; ".join(differ)}. '
-                             f'Only {", ".join("--" + k for k in RESUMABLE)} may change')
-        vars(saved).update({k: getattr(a, k) for k in given if k in RESUMABLE}, resume=True, out=a.out)
-        a = saved
+        a = resumed_args(a, argv, RunDir(a.out or default_out(resolve(parse(argv)))))
     a = resolve(a)
-    a.out = a.out or os.path.join('runs', f'{a.method}-{a.model}-{a.dataset.replace(":", "-")}-{a.seed}')
+    a.out = a.out or default_out(a)
     run, ckpt = RunDir(a.out), None
+    if not a.resume and run.exists('summary.json') and same_run(a, run.read_json('config.json')['args']):
+        return a, run, None, None, None  # the same command again: its finished run is reported
     if rank == 0:
         run.claim(resume=a.resume)
     try:
@@ -295,10 +302,9 @@ def setup(a, argv, rank):
         model = build(a)  # model errors before data loading
         if ckpt is not None:
             load_state(model, ckpt['model'], source=run.file('checkpoint.pt'))
-        if a.save_prompts and not isinstance(model.prompt, lorsp.LoRSP):
-            raise UsageError('--save-prompts draws LoRSP prompts and factors; use it with a lorsp method')
-        if a.compile and not isinstance(model.prompt, lorsp.LoRSP):
-            raise UsageError('--compile compiles the LoRSP prompt; the other methods have nothing it would speed up')
+        for flag, what in (('save_prompts', 'draws LoRSP prompts and factors'), ('compile', 'compiles LoRSP\'s prompt')):
+            if getattr(a, flag) and not isinstance(model.prompt, lorsp.LoRSP):
+                raise UsageError(f'--{flag.replace("_", "-")} {what}; use it with a lorsp method')
         splits = data.load(a.dataset, data_dir=a.data_dir, img_size=a.img_size, seed=a.seed,
                            train_per_class=a.train_per_class, test_limit=a.test_limit, val_split=a.val_split,
                            splits=a.splits)
@@ -318,22 +324,6 @@ def setup(a, argv, rank):
 SETUP_ERRORS = (UsageError, BuildError, data.DataError, backbones.BackboneError, RunDirError, StateError)
 
 
-def load_run(path, *, device='cpu', base=False):
-    """The arguments and trained model of a run directory (cka.py, theory/, predict.py); base=True: the frozen model
-    it started from, with a plain linear head. Raises RunDirError for a path that is not such a run."""
-    run = RunDir(path)
-    if not run.exists('config.json') or not run.exists('checkpoint.pt'):
-        raise RunDirError(f'{path}: not a trained run (it needs config.json and checkpoint.pt from train.py)')
-    a = saved_args(run.read_json('config.json')['args'])
-    a.device, a.resume = device, False
-    if base:
-        a.method, a.label_map, a.save_prompts, a.compile = 'lp', 'lp', 0, False
-    model = build(resolve(a))  # seeded as train.py built it: the same backbone and head init
-    if not base:
-        load_state(model, run.load_checkpoint(device)['model'], source=run.file('checkpoint.pt'))
-    return a, model.eval()
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     a = parse(argv)
@@ -351,18 +341,17 @@ def main(argv=None):
         raise SystemExit(2)
     if model is None:
         run.release()
-        print(f'{a.out} has already finished; its summary:')
+        print(f'{a.out} has already finished (the same settings); its summary:')
         summary = run.read_json('summary.json')
-        print_summary(summary)
+        print_summary(summary, run)
         return summary
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if rank == 0:
-        for m in model.attached:
-            print('\n'.join(m.describe()))
+        print('\n'.join(line for m in model.attached for line in m.describe()))
         print(f'{a.method} on {a.model} ({model.weights_loaded}): trainable {trainable:,} || backbone '
               f'{model.backbone_params:,} || {100 * trainable / model.backbone_params:.3f}%  ({len(splits.train)} '
               f'train, {len(splits.val) if splits.val else 0} val, {len(splits.test)} test images, {a.device}, '
-              f'{a.precision}{f", {size} processes" if size > 1 else ""})')
+              f'{a.precision}{f", {size} processes" if size > 1 else ""})\nrun folder: {a.out}')
     if a.device.startswith('cuda'):
         torch.cuda.reset_peak_memory_stats()
     try:
@@ -379,16 +368,16 @@ def main(argv=None):
 
 
 def finish(a, model, splits, run, history, train_time, images_seen, trainable):
-    summary = dict(method=a.method, model=a.model, weights=model.weights_loaded,
-                   dataset=a.dataset, seed=a.seed, epochs=a.epochs, img_size=a.img_size, precision=a.precision,
-                   test_acc=history[-1].get('test_acc'), train_loss=history[-1]['train_loss'])
+    last = history[-1]
+    summary = dict(method=a.method, model=a.model, weights=model.weights_loaded, dataset=a.dataset, seed=a.seed,
+                   epochs=a.epochs, img_size=a.img_size, precision=a.precision, test_acc=last.get('test_acc'),
+                   train_loss=last['train_loss'])
     if not a.no_test:
         summary.update(best_test_acc=max(h['test_acc'] for h in history if 'test_acc' in h),
                        best_test_acc_is="the max over epochs on the test set: LoR-VP's protocol, which selects on test")
     if splits.val is not None:
         best = max(range(len(history)), key=lambda i: (history[i]['val_acc'], -i))  # first epoch of the best val acc
-        summary.update(val_acc=history[best]['val_acc'], val_selected_epoch=best + 1,
-                       final_val_acc=history[-1]['val_acc'])
+        summary.update(val_acc=history[best]['val_acc'], val_selected_epoch=best + 1, final_val_acc=last['val_acc'])
         if 'test_acc' in history[best]:  # tested at that epoch (--test-every)
             summary['val_selected_test_acc'] = history[best]['test_acc']
     summary.update(trainable_params=trainable, backbone_params=model.backbone_params, train_time_s=train_time,
@@ -396,29 +385,31 @@ def finish(a, model, splits, run, history, train_time, images_seen, trainable):
                    backend=dist.get_backend() if dist.is_initialized() else None,
                    peak_mem_gb=torch.cuda.max_memory_allocated() / 1e9 if a.device.startswith('cuda') else None,
                    device=a.device if a.device == 'cpu' else torch.cuda.get_device_name(), torch=torch.__version__)
-    summary.update({k: v for k, v in history[-1].items() if k in ('prompt_density', 'spike_rate')})
+    summary.update({k: v for k, v in last.items() if k in ('prompt_density', 'spike_rate')})
     summary['prompt_file'] = save_prompt(model, a, run.file('prompt.safetensors'), classes=splits.classes,
                                          test_acc=summary['test_acc'])
     if a.save_prompts:
         from tools.figures import lorsp_figures
         images = torch.stack([splits.test[i][0] for i in range(min(a.save_prompts, len(splits.test)))])
         summary['figures'] = lorsp_figures(model.prompt, images.to(a.device), run.path)
+    summary['predict'] = (f'python tools/predict.py --prompt {summary["prompt_file"]} --dataset {a.dataset} '
+                          f'--data-dir {a.data_dir}')
     run.write_json('summary.json', summary)
-    print_summary(summary)
+    print_summary(summary, run)
     return summary
 
 
-def print_summary(s):
-    rows = [('test acc, final epoch', f"{s['test_acc']:.2f}%" if s['test_acc'] is not None else '- (--no-test)'),
-            ('best test acc over epochs', f"{s['best_test_acc']:.2f}%  (LoR-VP's protocol: selects on test)"
-             if 'best_test_acc' in s else None),
-            ('best val acc', f"{s['val_acc']:.2f}% (epoch {s['val_selected_epoch']})" if 'val_acc' in s else None),
-            ('test acc at the best val epoch', f"{s['val_selected_test_acc']:.2f}%"
-             if 'val_selected_test_acc' in s else None),
+def print_summary(s, run):
+    acc = lambda k, then='': f'{s[k]:.2f}%{then}' if s.get(k) is not None else None
+    rows = [('test acc, final epoch', acc('test_acc') or '- (--no-test)'),
+            ('best test acc over epochs', acc('best_test_acc', "  (LoR-VP's protocol: selects on test)")),
+            ('best val acc', acc('val_acc', f" (epoch {s.get('val_selected_epoch')})")),
+            ('test acc at the best val epoch', acc('val_selected_test_acc')),
             ('trainable params', f"{s['trainable_params']:,} ({100 * s['trainable_params'] / s['backbone_params']:.3f}%"
                                  f" of the backbone's {s['backbone_params']:,})"),
             ('train time', f"{s['train_time_s']:.1f} s, {s['train_images_per_s']:.1f} images/s"),
-            ('peak GPU memory', f"{s['peak_mem_gb']:.2f} GB" if s['peak_mem_gb'] is not None else '- (cpu)')]
+            ('peak GPU memory', f"{s['peak_mem_gb']:.2f} GB" if s['peak_mem_gb'] is not None else '- (cpu)'),
+            ('run folder', run.path), ('prompt file', s.get('prompt_file')), ('next', s.get('predict'))]
     print(f"== {s['method']} on {s['model']}, {s['dataset']} (seed {s['seed']}, {s['epochs']} epochs, "
           f"{s['img_size']} px, {s['device']}, {s.get('precision', 'fp32')}) ==")
     print('\n'.join(f'{k:<34} {v}' for k, v in rows if v is not None))

@@ -79,7 +79,7 @@ class FixedSource(nn.Module):
 def start_epoch(label_map, source, batches, epoch):
     """What train.py does before an epoch (in one process: the counts are not summed)."""
     if label_map.due(epoch):
-        label_map.set_mapping(label_map.count_sources(source, batches))
+        label_map.set_mapping(label_map.count_sources(source.features, batches))
 
 
 def test_label_map_intervals_ilm_flm():

@@ -51,7 +51,9 @@ def own_parameters(model):
 
 
 def start_epoch(model, x, y):
-    train.update_label_maps(model, [(x, y)], 0)  # label mappings need their pass over the data first
+    was_training = model.training  # label mappings need their pass over the data first (train.py's epoch_start hook)
+    train.hook(model.eval(), 'epoch_start', 0, train.Loop(features=model.features, batches=lambda: [(x, y)]))
+    model.train(was_training)
 
 
 def test_every_method_is_classified():

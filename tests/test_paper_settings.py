@@ -72,7 +72,8 @@ def test_clip_vit_b32_runs_with_every_method(monkeypatch):
         model = build(a)
         assert model.normalize.mean.flatten().tolist() == pytest.approx([0.48145466, 0.4578275, 0.40821073])
         x = torch.rand(2, 3, 64, 64)
-        train.update_label_maps(model, [(x, torch.tensor([0, 1]))], 0)
+        train.hook(model.eval(), 'epoch_start', 0,
+                   train.Loop(features=model.features, batches=lambda: [(x, torch.tensor([0, 1]))]))
         model.train()
         loss = F.cross_entropy(model(x), torch.tensor([0, 1]))
         loss.backward()

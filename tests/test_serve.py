@@ -10,6 +10,7 @@ from PIL import Image
 
 from tools import predict
 from tools import serve
+from tools.rundir import load_run
 import train
 from conftest import needs_lite0
 
@@ -40,14 +41,14 @@ def test_every_run_writes_a_small_prompt_file_that_rebuilds_it(runs):
     assert meta['mean'] == [0.5, 0.5, 0.5] and len(meta['weights_sha256']) == 64
     assert set(state) == {'prompt.B', 'prompt.A', 'head.weight', 'head.bias'}
     a, model, _ = serve.load_task(str(path))
-    _, trained = train.load_run(str(runs['lorvp']['dir']))
+    _, trained = load_run(str(runs['lorvp']['dir']))
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), trained(x))
     ft = runs['ft']['dir'] / 'prompt.safetensors'  # full fine-tuning writes what it needs: the whole model
     assert os.path.getsize(ft) > 10 * os.path.getsize(path)
     _, ft_model, _ = serve.load_task(str(ft))
-    _, ft_trained = train.load_run(str(runs['ft']['dir']))
+    _, ft_trained = load_run(str(runs['ft']['dir']))
     with torch.no_grad():
         assert torch.equal(ft_model(x), ft_trained(x))
 

@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import train  # noqa: E402
 from data import SHARED_DATA  # noqa: E402
 from tools.figures import pyplot  # noqa: E402
+from tools.rundir import load_run  # noqa: E402
 from flags import POS_INT  # noqa: E402
 from prop1_rank_bound import numerical_rank  # noqa: E402  (the same rank threshold as the synthetic check)
 
@@ -37,7 +38,7 @@ def effective_rank(P: torch.Tensor, energy: float) -> int:
 
 def analyse(run_dir):
     """The rank figures of every prompt of a finished naive_deep_vp run; a clear error for any other directory."""
-    args, model = train.load_run(run_dir)
+    args, model = load_run(run_dir)
     if args.method != 'naive_deep_vp':
         raise train.UsageError(f'{run_dir} is a {args.method} run; rank_by_depth analyses naive_deep_vp runs (full '
                                f'C x H x W prompts), e.g. the one it trains itself without --run')

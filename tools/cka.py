@@ -21,6 +21,7 @@ import data
 import lotep
 import train
 from tools.figures import pyplot
+from tools.rundir import load_run
 from flags import POS_INT
 
 
@@ -82,9 +83,9 @@ def main(argv=None):
     out = a.out or a.run
     try:
         check_out(out, a)
-        run_args, model = train.load_run(a.run)
-        _, base = train.load_run(a.run, base=True)
-        ft_args, ft = train.load_run(a.ft) if a.ft else (None, None)
+        run_args, model = load_run(a.run)
+        _, base = load_run(a.run, base=True)
+        ft_args, ft = load_run(a.ft) if a.ft else (None, None)
         if ft_args is not None and (ft_args.method, ft_args.model, ft_args.dataset, ft_args.img_size) != \
                 ('ft', run_args.model, run_args.dataset, run_args.img_size):
             raise train.UsageError(f'--ft {a.ft}: a {ft_args.method} run of {ft_args.model} on {ft_args.dataset} at '

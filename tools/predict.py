@@ -109,7 +109,7 @@ def evaluate(a):
     splits = data.load(a.dataset, data_dir=a.data_dir or args.data_dir, img_size=args.img_size, seed=args.seed,
                        train_per_class=1, test_limit=limit, splits=args.splits)
     args.workers = a.workers
-    acc = train.evaluate(model, splits.test, args)
+    acc, _ = train.evaluate(model, splits.test, args)
     reported = f' (the run reported {meta["test_acc"]:.2f}%)' if meta.get('test_acc') is not None else ''
     print(f'{meta["method"]} on {meta["model"]}: test acc {acc:.2f}% on {len(splits.test)} {a.dataset} test '
           f'images{reported}')

@@ -15,6 +15,9 @@ import os
 
 import torch
 
+from flags import resolve, saved_args
+from methods import build, load_state
+
 
 class RunDirError(Exception):
     """A run directory that cannot be used as asked; the message names the file and the fix."""
@@ -155,3 +158,19 @@ class RunDir:
         except Exception as e:
             raise RunDirError(f'{self.file("checkpoint.pt")} is damaged ({type(e).__name__}: '
                               f'{str(e).strip().splitlines()[0][:120]}); the run cannot continue from it') from None
+
+
+def load_run(path, *, device='cpu', base=False):
+    """The arguments and trained model of a run directory (cka.py, theory/, predict.py); base=True: the frozen model
+    it started from, with a plain linear head. Raises RunDirError for a path that is not such a run."""
+    run = RunDir(path)
+    if not run.exists('config.json') or not run.exists('checkpoint.pt'):
+        raise RunDirError(f'{path}: not a trained run (it needs config.json and checkpoint.pt from train.py)')
+    a = saved_args(run.read_json('config.json')['args'])
+    a.device, a.resume = device, False
+    if base:
+        a.method, a.label_map, a.save_prompts, a.compile = 'lp', 'lp', 0, False
+    model = build(resolve(a))  # seeded as train.py built it: the same backbone and head init
+    if not base:
+        load_state(model, run.load_checkpoint(device)['model'], source=run.file('checkpoint.pt'))
+    return a, model.eval()
