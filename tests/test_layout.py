@@ -9,24 +9,33 @@ METHOD_MODULES = ('lotep', 'lorsp', 'grouped_vp', 'baselines', 'backbones')
 
 
 def project_imports():
-    """module -> the project's modules it imports (anywhere in the file: a function's import counts too)."""
-    files = [f for f in os.listdir(ROOT) if f.endswith('.py')] + \
-        [os.path.join('theory', f) for f in os.listdir(os.path.join(ROOT, 'theory')) if f.endswith('.py')]
-    mine = {os.path.basename(f)[:-3] for f in files}
+    """module -> the project's modules it imports (anywhere in the file: a function's import counts too); the top
+    level's and theory/'s by name, tools/'s as tools.NAME."""
+    files = [f for f in os.listdir(ROOT) if f.endswith('.py')] + [os.path.join(d, f) for d in ('theory', 'tools')
+                                                                 for f in os.listdir(os.path.join(ROOT, d))
+                                                                 if f.endswith('.py') and f != '__init__.py']
+    name = lambda f: f[:-3].replace(os.sep, '.').removeprefix('theory.')
+    mine = {name(f) for f in files}
     graph = {}
     for f in files:
-        tree = ast.parse(open(os.path.join(ROOT, f)).read())
         names = set()
-        for node in ast.walk(tree):
+        for node in ast.walk(ast.parse(open(os.path.join(ROOT, f)).read())):
             if isinstance(node, ast.Import):
-                names |= {a.name.split('.')[0] for a in node.names}
+                names |= {a.name for a in node.names} | {a.name.split('.')[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module.split('.')[0])
+                names |= {node.module, node.module.split('.')[0]} | {f'{node.module}.{a.name}' for a in node.names}
             elif isinstance(node, ast.Call) and getattr(node.func, 'id', None) == '__import__' and node.args and \
                     isinstance(node.args[0], ast.Constant):
                 names.add(str(node.args[0].value).split('.')[0])
-        graph[os.path.basename(f)[:-3]] = sorted((names & mine) - {os.path.basename(f)[:-3]})
+        graph[name(f)] = sorted((names & mine) - {name(f)})
     return graph
+
+
+def test_the_top_level_holds_what_a_reader_reads_first():
+    """The method files and the few a run needs; the tools live in tools/."""
+    top = sorted(f for f in os.listdir(ROOT) if f.endswith('.py'))
+    assert len(top) <= 10 and {'train.py', 'lotep.py', 'lorsp.py', 'grouped_vp.py', 'baselines.py', 'data.py'} <= \
+        set(top), top
 
 
 def cycle(graph):
@@ -56,7 +65,7 @@ def cycle(graph):
 
 def test_no_module_imports_one_that_imports_it_back():
     graph = project_imports()
-    assert {'train', 'bench', 'serve', 'compare', 'methods'} <= set(graph)
+    assert {'train', 'tools.bench', 'tools.serve', 'tools.compare', 'methods'} <= set(graph)
     assert cycle(graph) is None, ' -> '.join(cycle(graph))
     assert cycle({'train': ['bench'], 'bench': ['serve'], 'serve': ['train']}) == ['bench', 'serve', 'train', 'bench']
 
