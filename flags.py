@@ -104,7 +104,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--test-every', type=POS_INT, default=1, help='evaluate the test set every N epochs and after the '
                                                                  'last (default 1; large test sets, e.g. VTAB-1k\'s)')
     p.add_argument('--weights', help='a local checkpoint for --model (timm naming, .safetensors, or lukemelas '
-                                     'EfficientNet naming): all of the backbone is loaded from it, or the run stops (default: the '
+                                     'EfficientNet naming): all of the backbone is loaded from it, or the run '
+                                     'stops (default: the '
                                      'tag\'s weights, from timm)')
     p.add_argument('--no-pretrained', action='store_true', help='random backbone weights, on purpose')
     p.add_argument('--precision', choices=['fp32', 'bf16'], help='bf16 autocast or fp32 (default: bf16 on CUDA, fp32 '
@@ -126,7 +127,8 @@ def parser() -> argparse.ArgumentParser:
                    help='LoTeP rank schedule (Eq. 8 as printed; cosine_den_d fits Table 4\'s counts)')
     g.add_argument('--vit-layout', default='patches', choices=['patches', 'sequence'])
     g.add_argument('--init-std', type=POS, help='std of the prompt\'s random factor: LoTeP\'s spatial factors, '
-                                                'LoR-VP\'s / grouped VP\'s A, LoRSP\'s W, VPT\'s tokens (default: per method)')
+                                                'LoR-VP\'s / grouped VP\'s A, LoRSP\'s W, VPT\'s '
+                                                'tokens (default: per method)')
     g.add_argument('--core-init', default='identity', choices=['identity', 'normal'], help='LoTeP-TK core init')
     g.add_argument('--input-prompt', default='none', choices=['none', 'lorvp', 'cp'],
                    help='LoTeP: also a pixel prompt (docs/lotep.md): LoR-VP r = 4, or CP of rank --rank')
@@ -149,7 +151,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument('--map-k', type=POS_INT, default=1, help='freq / iter: source classes per target')
     g.add_argument('--map-interval', type=POS_INT, default=1, help='iter: recompute every N epochs')
     g.add_argument('--image-scale', type=number(float, 0, 1, lo_open=True, hi_open=True),
-                   help='border prompts: shrunk image side / canvas side (ILM-VP at CIFAR\'s 32 px in 224: 0.143; default: per method)')
+                   help='border prompts: shrunk image side / canvas side (ILM-VP at CIFAR\'s 32 px in 224: '
+                        '0.143; default: per method)')
     g.add_argument('--prompt-tokens', type=POS_INT, default=10, help='vpt_deep: tokens per block')
     g.add_argument('--lora-rank', type=POS_INT, default=8)
     g.add_argument('--lora-alpha', type=POS, default=8.0)

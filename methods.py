@@ -16,9 +16,11 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
 
 import baselines
 import data
+import distributed
 import grouped_vp
 import lorsp
 import lotep
@@ -251,6 +253,52 @@ def load_state(model, state, *, source):
     if result.unexpected_keys or trained - set(state):
         raise StateError(f'{source}: holds the state of another model (missing {sorted(trained - set(state))[:3]}, '
                          f'unexpected {result.unexpected_keys[:3]}); is it from another method\'s run?')
+
+
+@torch.no_grad()
+def cached_features(model, splits, a):
+    """Only the head trains (lp): the frozen backbone's pooled features of the un-augmented images are computed once
+    and the head trains on them. The same batches, the same maths: only the repeated backbone forwards go."""
+    def cache(ds):
+        feats, labels = [], []
+        for x, y in DataLoader(ds, batch_size=a.batch_size, num_workers=a.workers):
+            with autocast(a):
+                feats.append(model.features(x.to(a.device)).float())
+            labels.append(y.to(a.device))
+        return TensorDataset(torch.cat(feats), torch.cat(labels))
+    model.eval()
+    return data.Splits(train=cache(splits.train), val=cache(splits.val) if splits.val is not None else None,
+                       test=cache(splits.test), num_classes=splits.num_classes)
+
+
+def only_head_trains(model) -> bool:
+    head = {id(p) for p in model.head.parameters()}
+    label_maps = any(isinstance(m, baselines.SourceLabelMap) for m in model.modules())
+    return all(id(p) in head for p in model.parameters() if p.requires_grad) and not label_maps
+
+
+# ---- how a method takes part in the loop: its modules' hooks, called by name ----
+
+@dataclass
+class Loop:
+    """What the loop hands a method's hooks. The loop owns every collective: a hook sums only through reduce."""
+    features: Callable  # images -> the frozen backbone's output, prompt included (what a label mapping counts)
+    batches: Callable  # () -> this process's share of the training images, in order
+    reduce: Callable = distributed.reduce_  # sums (mean=True: averages) a tensor over the processes, in place
+
+
+def hook(model, name, *args) -> dict:
+    """Calls `name` on every module of the model that defines it and merges what they return. The hooks:
+        epoch_start(epoch, loop)  before each epoch (label mappings: recount the source predictions when due)
+        after_backward(loop)      after each backward (EVP's prompt: its canvas gradient, averaged over processes)
+        pop_stats()               after each evaluation: diagnostics for metrics.jsonl (LoRSP: spike rates, density)
+    A module with a `record_stats` attribute gathers its diagnostics while the run evaluates."""
+    out = {}
+    for m in model.modules():
+        fn = getattr(m, name, None)
+        if m is not model and callable(fn):
+            out.update(fn(*args) or {})
+    return out
 
 
 def autocast(a):

@@ -11,16 +11,13 @@ checkpoint.pt (after every epoch), summary.json and prompt.safetensors; --resume
 the uninterrupted run would. A method takes part in the loop only through hook() below.
 """
 import math
-import os
 import sys
 import time
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 import backbones
 import baselines
@@ -29,9 +26,10 @@ import distributed
 import lorsp
 from distributed import GlobalBatches, all_reduce, share, world
 from flags import UsageError, default_out, parse, resolve, resumed_args, same_run
-from methods import BuildError, StateError, autocast, build, load_state, trainable_state
+from methods import (BuildError, Loop, StateError, autocast, build, cached_features, hook, load_state, only_head_trains,
+                     trainable_state)
+from tools.report import Progress, finish, print_start, print_summary
 from tools.rundir import RunDir, RunDirError
-from tools.serve import save_prompt
 
 # ---- the learning rate, the optimizer, the batches ----
 
@@ -74,52 +72,7 @@ def loader(ds, a, *, seed=None):
     return DataLoader(ds, batch_size=a.batch_size, num_workers=a.workers, pin_memory=cuda)
 
 
-# ---- how a method takes part in the loop: its modules' hooks, called by name ----
-
-@dataclass
-class Loop:
-    """What the loop hands a method's hooks. The loop owns every collective: a hook sums only through reduce."""
-    features: Callable  # images -> the frozen backbone's output, prompt included (what a label mapping counts)
-    batches: Callable  # () -> this process's share of the training images, in order
-    reduce: Callable = distributed.reduce_  # sums (mean=True: averages) a tensor over the processes, in place
-
-
-def hook(model, name, *args) -> dict:
-    """Calls `name` on every module of the model that defines it and merges what they return. The hooks:
-        epoch_start(epoch, loop)  before each epoch (label mappings: recount the source predictions when due)
-        after_backward(loop)      after each backward (EVP's prompt: its canvas gradient, averaged over processes)
-        pop_stats()               after each evaluation: diagnostics for metrics.jsonl (LoRSP: spike rates, density)
-    A module with a `record_stats` attribute gathers its diagnostics while the run evaluates."""
-    out = {}
-    for m in model.modules():
-        fn = getattr(m, name, None)
-        if m is not model and callable(fn):
-            out.update(fn(*args) or {})
-    return out
-
-
-# ---- evaluation, and the cached linear probe ----
-
-class Progress:
-    """A progress line, refreshed by time: every second on a terminal, every 10 s in a log, and at the end."""
-
-    def __init__(self, total, label, *, show=True):
-        self.total, self.label, self.t0, self.shown, self.show = total, label, time.time(), -math.inf, show
-        self.tty, self.every = sys.stderr.isatty(), 1.0 if sys.stderr.isatty() else 10.0
-
-    def due(self, i):
-        return self.show and (i == self.total or i == 1 or time.time() - self.shown >= self.every)
-
-    def update(self, i, images, loss=None, acc=None):
-        if not self.due(i):
-            return
-        rate, bar = images / max(time.time() - self.t0, 1e-9), '=' * (20 * i // self.total)
-        what = f' loss {loss:.3f} acc {acc:.1f}%' if loss is not None else ''
-        end = '\n' if i == self.total or not self.tty else ''
-        print(f'\r{self.label} [{bar:<20}] {i}/{self.total}{what} {rate:.0f} img/s', end=end, file=sys.stderr,
-              flush=True)
-        self.shown = time.time()
-
+# ---- evaluation ----
 
 @torch.no_grad()
 def evaluate(net, ds, a, label='evaluating'):
@@ -138,28 +91,6 @@ def evaluate(net, ds, a, label='evaluating'):
         progress.update(i + 1, n)  # counts batches and images only: nothing is read from the device
     correct, loss, n = distributed.reduce_(torch.cat([sums, sums.new_tensor([n])])).tolist()
     return 100.0 * correct / n, loss / n
-
-
-@torch.no_grad()
-def cached_features(model, splits, a):
-    """Only the head trains (lp): the frozen backbone's pooled features of the un-augmented images are computed once
-    and the head trains on them. The same batches, the same maths: only the repeated backbone forwards go."""
-    def cache(ds):
-        feats, labels = [], []
-        for x, y in DataLoader(ds, batch_size=a.batch_size, num_workers=a.workers):
-            with autocast(a):
-                feats.append(model.features(x.to(a.device)).float())
-            labels.append(y.to(a.device))
-        return TensorDataset(torch.cat(feats), torch.cat(labels))
-    model.eval()
-    return data.Splits(train=cache(splits.train), val=cache(splits.val) if splits.val is not None else None,
-                       test=cache(splits.test), num_classes=splits.num_classes)
-
-
-def only_head_trains(model) -> bool:
-    head = {id(p) for p in model.head.parameters()}
-    label_maps = any(isinstance(m, baselines.SourceLabelMap) for m in model.modules())
-    return all(id(p) in head for p in model.parameters() if p.requires_grad) and not label_maps
 
 
 # ---- the explode rule ----
@@ -302,7 +233,7 @@ def setup(a, argv, rank):
         model = build(a)  # model errors before data loading
         if ckpt is not None:
             load_state(model, ckpt['model'], source=run.file('checkpoint.pt'))
-        for flag, what in (('save_prompts', 'draws LoRSP prompts and factors'), ('compile', 'compiles LoRSP\'s prompt')):
+        for flag, what in (('save_prompts', 'draws LoRSP prompts and factors'), ('compile', 'compiles LoRSP prompts')):
             if getattr(a, flag) and not isinstance(model.prompt, lorsp.LoRSP):
                 raise UsageError(f'--{flag.replace("_", "-")} {what}; use it with a lorsp method')
         splits = data.load(a.dataset, data_dir=a.data_dir, img_size=a.img_size, seed=a.seed,
@@ -347,11 +278,7 @@ def main(argv=None):
         return summary
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if rank == 0:
-        print('\n'.join(line for m in model.attached for line in m.describe()))
-        print(f'{a.method} on {a.model} ({model.weights_loaded}): trainable {trainable:,} || backbone '
-              f'{model.backbone_params:,} || {100 * trainable / model.backbone_params:.3f}%  ({len(splits.train)} '
-              f'train, {len(splits.val) if splits.val else 0} val, {len(splits.test)} test images, {a.device}, '
-              f'{a.precision}{f", {size} processes" if size > 1 else ""})\nrun folder: {a.out}')
+        print_start(a, model, splits, trainable, size)
     if a.device.startswith('cuda'):
         torch.cuda.reset_peak_memory_stats()
     try:
@@ -365,54 +292,6 @@ def main(argv=None):
     if size > 1:
         dist.destroy_process_group()
     return summary
-
-
-def finish(a, model, splits, run, history, train_time, images_seen, trainable):
-    last = history[-1]
-    summary = dict(method=a.method, model=a.model, weights=model.weights_loaded, dataset=a.dataset, seed=a.seed,
-                   epochs=a.epochs, img_size=a.img_size, precision=a.precision, test_acc=last.get('test_acc'),
-                   train_loss=last['train_loss'])
-    if not a.no_test:
-        summary.update(best_test_acc=max(h['test_acc'] for h in history if 'test_acc' in h),
-                       best_test_acc_is="the max over epochs on the test set: LoR-VP's protocol, which selects on test")
-    if splits.val is not None:
-        best = max(range(len(history)), key=lambda i: (history[i]['val_acc'], -i))  # first epoch of the best val acc
-        summary.update(val_acc=history[best]['val_acc'], val_selected_epoch=best + 1, final_val_acc=last['val_acc'])
-        if 'test_acc' in history[best]:  # tested at that epoch (--test-every)
-            summary['val_selected_test_acc'] = history[best]['test_acc']
-    summary.update(trainable_params=trainable, backbone_params=model.backbone_params, train_time_s=train_time,
-                   train_images_per_s=images_seen / max(train_time, 1e-9), processes=world()[1],
-                   backend=dist.get_backend() if dist.is_initialized() else None,
-                   peak_mem_gb=torch.cuda.max_memory_allocated() / 1e9 if a.device.startswith('cuda') else None,
-                   device=a.device if a.device == 'cpu' else torch.cuda.get_device_name(), torch=torch.__version__)
-    summary.update({k: v for k, v in last.items() if k in ('prompt_density', 'spike_rate')})
-    summary['prompt_file'] = save_prompt(model, a, run.file('prompt.safetensors'), classes=splits.classes,
-                                         test_acc=summary['test_acc'])
-    if a.save_prompts:
-        from tools.figures import lorsp_figures
-        images = torch.stack([splits.test[i][0] for i in range(min(a.save_prompts, len(splits.test)))])
-        summary['figures'] = lorsp_figures(model.prompt, images.to(a.device), run.path)
-    summary['predict'] = (f'python tools/predict.py --prompt {summary["prompt_file"]} --dataset {a.dataset} '
-                          f'--data-dir {a.data_dir}')
-    run.write_json('summary.json', summary)
-    print_summary(summary, run)
-    return summary
-
-
-def print_summary(s, run):
-    acc = lambda k, then='': f'{s[k]:.2f}%{then}' if s.get(k) is not None else None
-    rows = [('test acc, final epoch', acc('test_acc') or '- (--no-test)'),
-            ('best test acc over epochs', acc('best_test_acc', "  (LoR-VP's protocol: selects on test)")),
-            ('best val acc', acc('val_acc', f" (epoch {s.get('val_selected_epoch')})")),
-            ('test acc at the best val epoch', acc('val_selected_test_acc')),
-            ('trainable params', f"{s['trainable_params']:,} ({100 * s['trainable_params'] / s['backbone_params']:.3f}%"
-                                 f" of the backbone's {s['backbone_params']:,})"),
-            ('train time', f"{s['train_time_s']:.1f} s, {s['train_images_per_s']:.1f} images/s"),
-            ('peak GPU memory', f"{s['peak_mem_gb']:.2f} GB" if s['peak_mem_gb'] is not None else '- (cpu)'),
-            ('run folder', run.path), ('prompt file', s.get('prompt_file')), ('next', s.get('predict'))]
-    print(f"== {s['method']} on {s['model']}, {s['dataset']} (seed {s['seed']}, {s['epochs']} epochs, "
-          f"{s['img_size']} px, {s['device']}, {s.get('precision', 'fp32')}) ==")
-    print('\n'.join(f'{k:<34} {v}' for k, v in rows if v is not None))
 
 
 if __name__ == '__main__':
