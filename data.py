@@ -3,11 +3,12 @@
 No augmentation and no normalization: the papers' protocol (LoR-VP, LoTeP, LoRSP) resizes and nothing else, and the
 backbone's normalization belongs to the model, after any input-space prompt (the LoR-VP order).
 
-    splits = load('cifar10', data_dir='../shared/data', img_size=128, seed=0, train_per_class=500, test_limit=2000)
+    splits = load('cifar10-sample', data_dir='data', img_size=96, seed=0)   # the sample in sample/, offline
     x, y = splits.train[0]   # x: (3, 128, 128) float in [0, 1], y: int
 
 Where the data comes from:
-  cifar10        <data_dir>/cifar10.npz (format: ../shared/data/README.md), else torchvision's layout, else download
+  cifar10-sample 1,500 real CIFAR-10 images shipped in sample/cifar10-sample.npz (sample/README.md): any machine, offline
+  cifar10        <data_dir>/cifar10.npz (NPZ_FORMAT below), else torchvision's layout, else download
   tiny-imagenet  <data_dir>/tiny-imagenet-200/ (extracted), tiny-imagenet-200.zip or tiny-imagenet-200-subset.zip
                  (read inside the zip), else the CS231n archive is downloaded; the labelled val set is the test set
   cifar100, eurosat, oxford-pets, food101, dtd, flowers102, svhn, gtsrb
@@ -35,10 +36,11 @@ from torch.utils.data import Dataset, Subset
 from torchvision.transforms.v2 import functional as TF
 
 TINY_URL = 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'
-# ../shared/data beside this project: the offline copies (cifar10.npz, the Tiny-ImageNet subset) on the project machines
-SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'shared', 'data')
+SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'sample', 'cifar10-sample.npz')  # in the repository
+NPZ_FORMAT = ('x_train (N, H, W, 3) uint8, y_train (N,) labels 0..9, x_test, y_test, as numpy.savez writes them; '
+              'class ids as in the CIFAR-10 release, 0 airplane ... 9 truck')
 CIFAR10_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
-NUM_CLASSES = {'cifar10': 10, 'cifar100': 100, 'tiny-imagenet': 200, 'eurosat': 10, 'oxford-pets': 37,
+NUM_CLASSES = {'cifar10': 10, 'cifar10-sample': 10, 'cifar100': 100, 'tiny-imagenet': 200, 'eurosat': 10, 'oxford-pets': 37,
                'food101': 101, 'dtd': 47, 'flowers102': 102, 'svhn': 10, 'gtsrb': 43, 'synthetic': 10}
 # The 19 tasks of VTAB-1k as the processed releases name them: group, number of classes
 VTAB_1K = {'cifar': ('Natural', 100), 'caltech101': ('Natural', 102), 'dtd': ('Natural', 47),
@@ -196,16 +198,18 @@ class Resized(Dataset):
 
 # ---- loaders by name: each returns (train source, test source) ----
 
-def _cifar10(data_dir):
-    path = os.path.join(data_dir, 'cifar10.npz')
+def _cifar10(data_dir, path=None):
+    path = path or os.path.join(data_dir, 'cifar10.npz')
+    if path == SAMPLE and not os.path.isfile(path):
+        raise DataError(f'{path} is missing: it ships with the repository; restore it with git checkout, or remake '
+                        f'it from the full CIFAR-10 with python sample/make_cifar10_sample.py --source ...')
     if not os.path.isfile(path):
         return _torchvision('cifar10', data_dir, also_looked=[path])
     try:
         with np.load(path) as d:
             arrays = {k: d[k] for k in ('x_train', 'y_train', 'x_test', 'y_test')}
     except KeyError as e:
-        raise DataError(f'{path}: has no array {e} (it needs x_train, y_train, x_test, y_test: the format of '
-                        f'../shared/data/README.md)') from None
+        raise DataError(f'{path}: has no array {e} (it needs {NPZ_FORMAT})') from None
     except Exception as e:
         raise DataError(f'{path}: cannot be read, truncated or corrupt? ({type(e).__name__}: {_first_line(e)})') \
             from None
@@ -237,7 +241,7 @@ def _tiny_imagenet(data_dir):
             raise DataError(
                 f"dataset 'tiny-imagenet' is not in {data_dir!r} (looked for {', '.join(candidates)}) and could not be "
                 f"downloaded from {TINY_URL} ({_first_line(e)}). Put tiny-imagenet-200.zip, or the folder it "
-                f"extracts to, in --data-dir (offline here, ../shared/data has the subset archive).") from None
+                f"extracts to, in --data-dir (or tiny-imagenet-200-subset.zip, the same layout).") from None
     texts = ('wnids.txt', 'val/val_annotations.txt')
     try:
         if found.endswith('.zip'):
@@ -469,8 +473,8 @@ def load(name, *, data_dir, img_size, seed, train_per_class=None, test_limit=Non
     K, own_val = num_classes(name, data_dir), None
     if name == 'synthetic':
         train, test = synthetic(K)
-    elif name == 'cifar10':
-        train, test = _cifar10(data_dir)
+    elif name in ('cifar10', 'cifar10-sample'):
+        train, test = _cifar10(data_dir, SAMPLE if name == 'cifar10-sample' else None)
     elif name == 'tiny-imagenet':
         train, test = _tiny_imagenet(data_dir)
     elif name == 'folder':

@@ -125,7 +125,8 @@ def parser() -> argparse.ArgumentParser:
                                                                          'per backbone family, methods.DEEP_RHO)')
     g.add_argument('--schedule', default='cosine', choices=['cosine', 'cosine_den_d', 'linear', 'constant'],
                    help='LoTeP rank schedule (Eq. 8 as printed; cosine_den_d fits Table 4\'s counts)')
-    g.add_argument('--vit-layout', default='patches', choices=['patches', 'sequence'])
+    g.add_argument('--vit-layout', default='patches', choices=['patches', 'sequence'], help='ViT deep prompts: on the '
+                   'patch grid or the token sequence (docs/lotep.md)')
     g.add_argument('--init-std', type=POS, help='std of the prompt\'s random factor: LoTeP\'s spatial factors, '
                                                 'LoR-VP\'s / grouped VP\'s A, LoRSP\'s W, VPT\'s '
                                                 'tokens (default: per method)')
@@ -140,8 +141,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument('--v-reset', type=number(float), default=0.0, help='LIF reset V_reset (Eq. 8)')
     g.add_argument('--sparsity', type=FRACTION, default=0.5, help='lorsp_topk / lorsp_dropout: fraction zeroed')
     g.add_argument('--eq9', default='mean', choices=['mean', *lorsp.EQ9], help='how spikes gate the factors')
-    g.add_argument('--orientation', default='cols', choices=['cols', 'rows'])
-    g.add_argument('--surrogate', default='sigmoid', choices=['sigmoid', 'atan'])
+    g.add_argument('--orientation', default='cols', choices=['cols', 'rows'], help='Eq. (5): P = B A^T (cols) or its '
+                   'transpose')
+    g.add_argument('--surrogate', default='sigmoid', choices=['sigmoid', 'atan'], help='the spike\'s surrogate gradient')
     g.add_argument('--save-prompts', type=NONNEG_INT, default=0, help='K: PNGs of K test prompts, factor correlations')
     g = p.add_argument_group('baselines')
     g.add_argument('--label-map', choices=['lp', 'fm', 'ilm', 'flm', 'freq', 'iter', 'mode'],
@@ -154,8 +156,8 @@ def parser() -> argparse.ArgumentParser:
                    help='border prompts: shrunk image side / canvas side (ILM-VP at CIFAR\'s 32 px in 224: '
                         '0.143; default: per method)')
     g.add_argument('--prompt-tokens', type=POS_INT, default=10, help='vpt_deep: tokens per block')
-    g.add_argument('--lora-rank', type=POS_INT, default=8)
-    g.add_argument('--lora-alpha', type=POS, default=8.0)
+    g.add_argument('--lora-rank', type=POS_INT, default=8, help='LoRA rank r')
+    g.add_argument('--lora-alpha', type=POS, default=8.0, help='LoRA alpha (the update is scaled by alpha / r)')
     g.add_argument('--lora-targets', help='comma list of layer names to adapt (default: every conv and linear); '
                                           'q, k, v adapt those slices of a fused qkv')
     return p

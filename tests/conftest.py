@@ -8,7 +8,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from data import SHARED_DATA  # noqa: E402  (../shared/data beside the project)
+# ../shared/data beside the project: the offline copies (cifar10.npz, the Tiny-ImageNet subset) on the project machines
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
 
 needs_cifar10 = pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_DATA, 'cifar10.npz')),
                                    reason='../shared/data/cifar10.npz is not here (it ships with the project machines)')

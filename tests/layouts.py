@@ -18,7 +18,8 @@ from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from data import CIFAR10_CLASSES, SHARED_DATA  # noqa: E402
+from conftest import SHARED_DATA  # noqa: E402
+from data import CIFAR10_CLASSES  # noqa: E402
 
 SPLITS = {'train': 8, 'val': 2, 'test': 5}  # images per class in each split
 

@@ -3,7 +3,7 @@ grouped_vp.naive_deep_vp) on a real pretrained backbone and real data, and measu
 prompt, flattened to C x HW, by depth.
 
     python theory/rank_by_depth.py                       # tf_efficientnet_lite0 (offline ImageNet weights),
-                                                         # CIFAR-10 from ../shared/data, a small subset, CPU
+                                                         # CIFAR-10 from --data-dir, a small subset, CPU
     python theory/rank_by_depth.py --run runs/some-naive_deep_vp-run   # analyse a finished run instead
 
 Effective rank at 90% / 99%: the fewest singular values whose squares hold that share of ||P||_F^2. The training is a
@@ -22,7 +22,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import train  # noqa: E402
-from data import SHARED_DATA  # noqa: E402
 from tools.figures import pyplot  # noqa: E402
 from tools.rundir import load_run  # noqa: E402
 from flags import POS_INT  # noqa: E402
@@ -51,45 +50,8 @@ def analyse(run_dir):
     return rows
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--run', help='a finished naive_deep_vp run to analyse (default: train one now)')
-    p.add_argument('--out', default='runs/rank_by_depth', help='run directory for the training (default %(default)s)')
-    training = dict(train_per_class=200, epochs=2, img_size=96)  # the training run's settings and their defaults
-    for key in training:
-        p.add_argument('--' + key.replace('_', '-'), type=POS_INT, help=f'of the run trained here (default '
-                       f'{training[key]})')
-    a = p.parse_args(argv)
-    given = [k for k in training if getattr(a, k) is not None]
-    if a.run is not None and given:
-        p.error(f'{", ".join("--" + k.replace("_", "-") for k in given)} set the run trained here; --run analyses a '
-                f'finished run as it was trained')
-    run_dir = a.run
-    if run_dir is None:
-        run_dir = a.out
-        settings = {k: getattr(a, k) or v for k, v in training.items()}
-        args = ['--method', 'naive_deep_vp', '--model', 'tf_efficientnet_lite0', '--dataset', 'cifar10',
-                '--data-dir', SHARED_DATA, '--train-per-class', str(settings['train_per_class']), '--test-limit',
-                '1000', '--img-size', str(settings['img_size']), '--epochs', str(settings['epochs']), '--batch-size',
-                '32', '--rho', '1.0', '--precision', 'fp32', '--out', run_dir]
-        if os.path.exists(os.path.join(run_dir, 'config.json')):  # continue the run in --out, if it is this one
-            try:
-                saved = train.RunDir(run_dir).read_json('config.json')['args']
-            except train.RunDirError as e:
-                p.error(str(e))
-            differ = [f'--{k.replace("_", "-")} {v} (the run there: {saved.get(k)})' for k, v in settings.items()
-                      if saved.get(k) != v]
-            if differ or saved.get('method') != 'naive_deep_vp':
-                p.error(f'--out {run_dir} holds another run ({"; ".join(differ) or saved.get("method")}); give '
-                        f'another --out, or analyse it with --run')
-            args = ['--resume', '--out', run_dir]
-        train.main(args)
-    try:
-        rows = analyse(run_dir)
-        summary = train.RunDir(run_dir).read_json('summary.json')
-    except train.SETUP_ERRORS as e:
-        print(f'error: {e}', file=sys.stderr)
-        raise SystemExit(2) from None
+def report(run_dir, rows, summary):
+    """rank_by_depth.md and .png in the run folder; returns the markdown table."""
     lines = [f"# Effective rank of naive deep prompts by depth: {summary['model']}, {summary['dataset']}, "
              f"{summary['img_size']} px, {summary['epochs']} epochs (test acc {summary['test_acc']:.2f}%)", '',
              '| block | prompt C x H x W | min(C, HW) | eff. rank 90% | eff. rank 99% | numerical rank | ||P||_F |',
@@ -115,7 +77,51 @@ def main(argv=None):
     fig.tight_layout()
     fig.savefig(os.path.join(run_dir, 'rank_by_depth.png'), dpi=120)
     plt.close(fig)
-    print('\n'.join(lines))
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--run', help='a finished naive_deep_vp run to analyse (default: train one now)')
+    p.add_argument('--out', default='runs/rank_by_depth', help='run directory for the training (default %(default)s)')
+    p.add_argument('--data-dir', default='data', help='where CIFAR-10 is: cifar10.npz, torchvision\'s layout, or '
+                                                      'downloaded there (default %(default)s)')
+    training = dict(train_per_class=200, epochs=2, img_size=96)  # the training run's settings and their defaults
+    for key in training:
+        p.add_argument('--' + key.replace('_', '-'), type=POS_INT, help=f'of the run trained here (default '
+                       f'{training[key]})')
+    a = p.parse_args(argv)
+    given = [k for k in training if getattr(a, k) is not None]
+    if a.run is not None and given:
+        p.error(f'{", ".join("--" + k.replace("_", "-") for k in given)} set the run trained here; --run analyses a '
+                f'finished run as it was trained')
+    run_dir = a.run
+    if run_dir is None:
+        run_dir = a.out
+        settings = {k: getattr(a, k) or v for k, v in training.items()}
+        args = ['--method', 'naive_deep_vp', '--model', 'tf_efficientnet_lite0', '--dataset', 'cifar10',
+                '--data-dir', a.data_dir, '--train-per-class', str(settings['train_per_class']), '--test-limit',
+                '1000', '--img-size', str(settings['img_size']), '--epochs', str(settings['epochs']), '--batch-size',
+                '32', '--rho', '1.0', '--precision', 'fp32', '--out', run_dir]
+        if os.path.exists(os.path.join(run_dir, 'config.json')):  # continue the run in --out, if it is this one
+            try:
+                saved = train.RunDir(run_dir).read_json('config.json')['args']
+            except train.RunDirError as e:
+                p.error(str(e))
+            differ = [f'--{k.replace("_", "-")} {v} (the run there: {saved.get(k)})' for k, v in settings.items()
+                      if saved.get(k) != v]
+            if differ or saved.get('method') != 'naive_deep_vp':
+                p.error(f'--out {run_dir} holds another run ({"; ".join(differ) or saved.get("method")}); give '
+                        f'another --out, or analyse it with --run')
+            args = ['--resume', '--out', run_dir]
+        train.main(args)
+    try:
+        rows = analyse(run_dir)
+        summary = train.RunDir(run_dir).read_json('summary.json')
+    except train.SETUP_ERRORS as e:
+        print(f'error: {e}', file=sys.stderr)
+        raise SystemExit(2) from None
+    print(report(run_dir, rows, summary))
     return rows
 
 
