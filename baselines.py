@@ -9,8 +9,16 @@ References (behaviour, not code):
   VPT     Jia et al., ECCV 2022, https://github.com/KMnP/vpt
   LoRA    Hu et al., ICLR 2022 (adapter semantics as in peft: base_layer, B = 0, alpha / r)
 
-    prompt = LoRVP(size=224, rank=4)
-    x_prompted = prompt(x)  # x: (B, 3, 224, 224) in [0, 1] -> (B, 3, 224, 224), normalization comes after
+    bb = timm.create_model('resnet18', pretrained=True, num_classes=10).eval().requires_grad_(False)
+    norm = torchvision.transforms.Normalize(bb.pretrained_cfg['mean'], bb.pretrained_cfg['std'])
+    prompt = LoRVP(size=224, rank=4)  # input prompts take images in [0, 1]; normalization comes after them
+    logits = bb(norm(prompt(x)))  # x: (B, 3, 224, 224) in [0, 1] -> (B, 10)
+    border = BorderPrompt(canvas=224, inner=160, squash=False)  # EVP's: any input size, shrunk onto the canvas
+    logits = bb(norm(border(x)))
+    vit = timm.create_model('vit_base_patch16_224', pretrained=True, num_classes=10).eval().requires_grad_(False)
+    vpt = VPTDeep(vit=vit, tokens=10)  # tokens at every block of a timm ViT; it takes normalized images, as ViTs do
+    logits = vpt(norm(x))
+    adapters = add_lora(bb, rank=8)  # LoRA on every conv and linear but the classifier (skip=[...] to choose)
 """
 import math
 
@@ -34,6 +42,10 @@ class LoRVP(nn.Module):
         self.A = nn.Parameter(torch.randn(channels, rank, size) * init_std)
 
     def forward(self, x):  # (B, c, L, L) -> (B, c, L, L)
+        L = self.A.shape[-1]
+        if x.shape[-2:] != (L, L):
+            raise ValueError(f'LoRVP was built for {L} x {L} images and got {x.shape[-2]} x {x.shape[-1]}: build it '
+                             f'with size={x.shape[-1]} or resize the images')
         return x + torch.bmm(self.B, self.A)  # P = bmm(B, A): (c, L, L), broadcast over the batch
 
     @staticmethod
@@ -278,12 +290,14 @@ class LoRA(nn.Module):
 QKV = {'q': 0, 'k': 1, 'v': 2}  # row block of timm's fused attention.qkv Linear
 
 
-def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 8.0, targets=None, skip=()) -> list[LoRA]:
+def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 8.0, targets=None, skip=None) -> list[LoRA]:
     """Wrap every nn.Linear and nn.Conv2d of the model (or those whose name ends with one of `targets`), except the
-    modules in `skip` (the classifier). Targets q, k, v adapt those slices of timm's fused qkv Linear. Returns the
-    adapters."""
+    modules in `skip` (default: a timm model's classifier, model.get_classifier(), which trains as a head instead).
+    Targets q, k, v adapt those slices of timm's fused qkv Linear. Returns the adapters."""
     if rank < 1:
         raise ValueError(f'rank must be >= 1, got {rank}')
+    if skip is None:
+        skip = [model.get_classifier()] if hasattr(model, 'get_classifier') else []
     targets = None if targets is None else list(targets)
     slices = [t for t in targets or [] if t in QKV]
     skip_ids = {id(m) for m in skip}

@@ -14,8 +14,11 @@ this codebase's reconstruction (docs/lorsp.md says how and why), which reproduce
     (10) x_hat = x + P_hat, then the backbone's normalization, the frozen backbone and the linear head
     (13)-(15)  #B = c L r,  #W = L n r,  #LoRSP = L r (c + n)
 
+    bb = timm.create_model('resnet18', pretrained=True, num_classes=10).eval().requires_grad_(False)
+    norm = torchvision.transforms.Normalize(bb.pretrained_cfg['mean'], bb.pretrained_cfg['std'])
     prompt = LoRSP(size=224, factors=4, rank=4)  # 6,272 parameters
-    x_hat = prompt(x)  # x: (B, 3, 224, 224) in [0, 1] -> x + P_hat(x): (B, 3, 224, 224); normalization comes after
+    x_hat = prompt(x)  # x: (B, 3, 224, 224) in [0, 1] -> x + P_hat(x): (B, 3, 224, 224)
+    logits = bb(norm(x_hat))  # the backbone's normalization comes after the prompt -> (B, 10)
 
 Dimension letters: B batch, c colour channels, L image side, n factors (= LIF time steps), r rank.
 The readings the reconstruction weighed (Eq. 9, the orientation of Eq. 5, the surrogate) and the paper's ablations

@@ -155,7 +155,10 @@ class AddPrompt:
         self.prompts, self.l = prompts, l
 
     def __call__(self, block, args):
-        x = args[0]
+        x, expected = args[0], self.prompts.input_shapes[self.l]
+        if x.shape[1:] != expected:  # a prompt copied to another project and fed another image size
+            raise ValueError(f'block {self.l} was prompted for inputs of {expected} per image and got '
+                             f'{tuple(x.shape[1:])}: build the prompts with the input_size of these images')
         return (x + self.prompts.prompt(self.l).to(x.dtype),) + args[1:]  # X_l + P_l, broadcast over the batch
 
 
@@ -183,6 +186,7 @@ class DeepPrompts(nn.Module):
         self.vit_layout = vit_layout
         self.grid = tuple(backbone.patch_embed.grid_size) if self.layout == 'tokens' else None
         input_shapes = _block_input_shapes(backbone, blocks[:self.d], input_size)
+        self.input_shapes = [s[1:] for s in input_shapes]  # each prompted block's input, per image
         self.shapes = [self._prompt_shape(s) for s in input_shapes]  # (C, H, W) per prompted block
         self.prompts = nn.ModuleList(make_prompt(l, self.shapes[l], self.ranks[l]) for l in range(self.d))
         self._handles = [blocks[l].register_forward_pre_hook(AddPrompt(self, l)) for l in range(self.d)]

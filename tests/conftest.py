@@ -58,3 +58,23 @@ def offline_env(tmp_path):
 
 def state_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- two tiers: the fast unit and oracle tests by default; the end-to-end runs with --e2e ----
+
+def pytest_addoption(parser):
+    parser.addoption('--e2e', action='store_true', help='also run the end-to-end tier: subprocess runs, torchrun, '
+                                                        'protocols, data layouts (CI runs both tiers)')
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'e2e: an end-to-end test (subprocess, torchrun, a protocol); runs with --e2e')
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption('--e2e'):
+        return
+    skip = pytest.mark.skip(reason='end-to-end tier: run it with python -m pytest -q --e2e')
+    for item in items:
+        if 'e2e' in item.keywords:
+            item.add_marker(skip)

@@ -85,6 +85,7 @@ def test_bad_options():
         data.load('synthetic', data_dir='.', img_size=32, seed=0, train_per_class=0)
 
 
+@pytest.mark.e2e
 def test_torchvision_layout_is_read_offline(tmp_path, no_network, monkeypatch):
     """The torchvision data sets read a local copy in torchvision's layout without network (here: CIFAR-10's
     python batches, written from the shared .npz)."""

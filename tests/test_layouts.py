@@ -166,6 +166,7 @@ def test_the_two_vtab_averages_against_a_hand_computation():
     assert m['mean_of_group_means'] == pytest.approx((70 + 80 + 50) / 3)  # 66.67, not the task mean
 
 
+@pytest.mark.e2e
 def test_the_vtab_protocol_end_to_end_on_two_tasks(made, tmp_path, monkeypatch):
     """Tuning on train800 / val200 (no test image), final runs on train800val200 tested on test.txt, every task's
     table and JSON, both averages labelled; on the CPU with a tiny budget."""

@@ -71,6 +71,7 @@ def test_one_pass_equals_the_stacked_reference_in_outputs_and_gradients(mode, co
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a - b).abs().max()
 
 
+@pytest.mark.e2e
 def test_compiled_prompt_equals_eager_in_outputs_and_gradients():
     torch.manual_seed(0)
     m = lorsp.LoRSP(size=12, factors=3, rank=2)

@@ -228,6 +228,7 @@ def test_a_run_directory_has_one_owner_and_foreign_folders_are_refused(tmp_path,
     fails(capsys, [*SYNTH, '--method', 'lp', '--out', str(tmp_path / 'file' / 'sub')], 'cannot write')
 
 
+@pytest.mark.e2e
 def test_two_processes_never_write_one_run(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, 'train.py'), *SYNTH, '--epochs', '3', '--out', str(tmp_path / 'r')]
     first = subprocess.Popen([*cmd, '--method', 'lp'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -309,6 +310,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, capsys, monk
     assert not (tmp_path / 'r' / 'checkpoint.pt.tmp').exists()
 
 
+@pytest.mark.e2e
 def test_cli_offline_resnet18_is_one_message_not_a_traceback(tmp_path, offline_env):
     p = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--method', 'lp', '--model', 'resnet18',
                         '--dataset', 'synthetic', '--out', str(tmp_path / 'r')],
@@ -318,6 +320,7 @@ def test_cli_offline_resnet18_is_one_message_not_a_traceback(tmp_path, offline_e
     assert "weights of 'resnet18.tv_in1k'" in p.stderr and '--weights' in p.stderr and '--no-pretrained' in p.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize('method,label_map', [('lorvp', 'ilm'), ('evp', 'lp')])
 def test_torchrun_on_two_cpu_processes_equals_one_process(tmp_path, method, label_map):
     """DDP over gloo: the same global batch gives the same accuracy (exactly: validation and test) and the same trained
@@ -341,6 +344,7 @@ def test_torchrun_on_two_cpu_processes_equals_one_process(tmp_path, method, labe
     assert a['prompt.B' if method == 'lorvp' else 'head.weight'].abs().sum() > 0  # it trained
 
 
+@pytest.mark.e2e
 @needs_cifar10
 @needs_lite0
 def test_lp_with_the_offline_imagenet_weights_is_well_above_chance(tmp_path):
@@ -354,6 +358,7 @@ def test_lp_with_the_offline_imagenet_weights_is_well_above_chance(tmp_path):
 
 # ---- the saved model is the trained model ----
 
+@pytest.mark.e2e
 @pytest.mark.parametrize('method', sorted(METHODS))
 def test_every_methods_prompt_file_reproduces_its_runs_test_accuracy(tmp_path, method):
     """train.py with every flag at its default but the data and model sizes; then predict.py --dataset on the run's
@@ -433,6 +438,7 @@ def test_a_finished_run_without_its_checkpoint_is_never_cleared(tmp_path, capsys
     assert {n: (tmp_path / 'run' / n).read_bytes() for n in before} == before
 
 
+@pytest.mark.e2e
 def test_a_run_on_a_full_disk_keeps_its_previous_checkpoint_and_leaves_no_partial_file(tmp_path):
     """A real short write: the file size limit (ulimit -f, in 1 KB blocks) lets config.json and the metrics through and
     stops ft's 1.2 MB checkpoint; torch.save reports it as a RuntimeError, which must end as a message, with no .tmp."""
