@@ -294,11 +294,14 @@ def hook(model, name, *args) -> dict:
         pop_stats()               after each evaluation: diagnostics for metrics.jsonl (LoRSP: spike rates, density)
     A module with a `record_stats` attribute gathers its diagnostics while the run evaluates."""
     out = {}
-    for m in model.modules():
-        fn = getattr(m, name, None)
-        if m is not model and callable(fn):
-            out.update(fn(*args) or {})
+    for fn in hooks(model, name):
+        out.update(fn(*args) or {})
     return out
+
+
+def hooks(model, name) -> list:
+    """The model's modules' methods called `name` (the loop looks up after_backward once, not at every step)."""
+    return [getattr(m, name) for m in model.modules() if m is not model and callable(getattr(m, name, None))]
 
 
 def autocast(a):

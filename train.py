@@ -26,8 +26,8 @@ import distributed
 import lorsp
 from distributed import GlobalBatches, all_reduce, share, world
 from flags import UsageError, default_out, parse, resolve, resumed_args, same_run
-from methods import (BuildError, Loop, StateError, autocast, build, cached_features, hook, load_state, only_head_trains,
-                     trainable_state)
+from methods import (BuildError, Loop, StateError, autocast, build, cached_features, hook, hooks, load_state,
+                     only_head_trains, trainable_state)
 from tools.report import Progress, finish, print_start, print_summary
 from tools.rundir import RunDir, RunDirError
 
@@ -139,7 +139,8 @@ def train_epoch(a, net, opt, dl, epoch, K, state):
         loss_sum = F.cross_entropy(logits.float(), y, reduction='sum') * w
         opt.zero_grad(set_to_none=True)
         (loss_sum * scale).backward()  # the global batch's mean loss
-        hook(net, 'after_backward', state['loop'])
+        for after_backward in state['after_backward']:  # methods.hook: e.g. EVP's canvas gradient, averaged
+            after_backward(state['loop'])
         opt.step()
         sums += torch.stack([loss_sum.detach(), (logits.argmax(1) == y).sum() * w])
         seen += n
@@ -173,7 +174,8 @@ def train(a, model, splits, run, ckpt=None):
         splits, net = cached_features(model, splits, a), model.head
         train_time += time.time() - t0
     loop = Loop(features=model.features, batches=lambda: loader(share(splits.train), a))
-    state = dict(ddp=distributed.data_parallel(net, a.device), loop=loop, first_loss=first_loss)
+    state = dict(ddp=distributed.data_parallel(net, a.device), loop=loop, first_loss=first_loss,
+                 after_backward=hooks(net, 'after_backward'))
     for m in model.modules():  # method diagnostics (LoRSP's spike rates) at this run's evaluations
         if hasattr(m, 'record_stats'):
             m.record_stats = True
