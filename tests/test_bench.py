@@ -1,6 +1,7 @@
 """bench.py: the ratio to the floor, the interleaving, the memory count, the table (merged, never replaced by one of
 other settings), and the profile against the floor."""
 import json
+import os
 
 import pytest
 import torch
@@ -36,16 +37,28 @@ def test_table_has_every_method_and_says_which_cannot_attach(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     bench.main(['--model', 'test_resnet', '--no-pretrained', '--img-size', '32', '--batch-size', '4', '--reps', '1',
                 '--precision', 'fp32', '--methods', 'lorvp,lotep_cp,vpt_deep', '--device', 'cpu'])
-    md = (tmp_path / 'results' / 'bench-test_resnet-32.md').read_text()
+    md = (tmp_path / 'runs' / 'bench' / 'bench-test_resnet-32.md').read_text()
     rows = {line.split(' | ')[0].strip('| '): line for line in md.splitlines() if line.startswith('| ')}
     assert {'lorvp', 'lotep_cp', 'vpt_deep'} <= set(rows)
     assert 'cannot attach' in rows['vpt_deep'] and 'ViT' in rows['vpt_deep']
-    saved = json.loads((tmp_path / 'results' / 'bench-test_resnet-32.json').read_text())['rows']
+    saved = json.loads((tmp_path / 'runs' / 'bench' / 'bench-test_resnet-32.json').read_text())['rows']
     timed = [r for r in saved if 'error' not in r]
     assert sorted(r['method'] for r in timed) == ['lorvp', 'lotep_cp']  # rows in METHODS' order
     assert all(r['step_ratio'] > 0 and r['latency_ratio'] > 0 and r['trainable'] > 0 for r in timed)
     assert all(r['memory_mb'] == pytest.approx(sum(r['memory_parts_mb'].values())) for r in timed)
     assert md.splitlines()[2].startswith('`python tools/bench.py --model test_resnet')  # the command that made it
+    assert not (tmp_path / 'results').exists()  # an ad hoc bench leaves the committed results/ as it was
+
+
+def test_a_bench_says_where_it_wrote_and_writes_results_only_when_asked(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    base = ['--model', 'test_resnet', '--no-pretrained', '--img-size', '32', '--batch-size', '4', '--reps', '1',
+            '--precision', 'fp32', '--methods', 'lp', '--device', 'cpu']
+    bench.main(base)
+    assert f'wrote {os.path.join(str(tmp_path), "runs", "bench", "bench-test_resnet-32.md")}' in capsys.readouterr().out
+    bench.main([*base, '--out', 'results'])
+    assert 'wrote results/bench-test_resnet-32.md' in capsys.readouterr().out
+    assert (tmp_path / 'results' / 'bench-test_resnet-32.json').exists()
 
 
 def test_saved_bytes_against_a_hand_computation():
@@ -109,7 +122,7 @@ def test_a_table_merges_rows_of_the_same_settings_and_refuses_others(tmp_path, m
             '--precision', 'fp32', '--device', 'cpu']
     bench.main([*base, '--methods', 'lorvp'])
     bench.main([*base, '--methods', 'lp'])  # another method, the same settings: merged
-    path = tmp_path / 'results' / 'bench-test_resnet-32'
+    path = tmp_path / 'runs' / 'bench' / 'bench-test_resnet-32'
     saved = json.loads(path.with_suffix('.json').read_text())
     assert [r['method'] for r in saved['rows']] == ['lp', 'lorvp'] and len(saved['commands']) == 2  # METHODS' order
     before = path.with_suffix('.md').read_text()
@@ -121,7 +134,7 @@ def test_a_table_merges_rows_of_the_same_settings_and_refuses_others(tmp_path, m
             bench.main(argv)
         assert e.value.code != 0 and fragment in str(e.value.code) + capsys.readouterr().err, argv
     assert path.with_suffix('.md').read_text() == before  # nothing replaced
-    (tmp_path / 'results' / 'bench-test_resnet-32-old.md').write_text('# a table from before the .json records')
+    (tmp_path / 'runs' / 'bench' / 'bench-test_resnet-32-old.md').write_text('# a table from before the .json records')
     with pytest.raises(SystemExit, match='no .json record'):
         bench.main([*base, '--methods', 'lp', '--tag', 'old'])
 
@@ -130,7 +143,7 @@ def test_profile_names_the_ops_a_method_adds_to_the_floor(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     bench.main(['--model', 'test_resnet', '--no-pretrained', '--img-size', '32', '--batch-size', '4',
                 '--precision', 'fp32', '--methods', 'lorvp', '--device', 'cpu', '--profile'])
-    text = (tmp_path / 'results' / 'profile-test_resnet-32.txt').read_text()
+    text = (tmp_path / 'runs' / 'bench' / 'profile-test_resnet-32.txt').read_text()
     # LoR-VP's B A is a batched matrix product the bare backbone never runs: listed with the floor at 0
     bmm = [line.split() for line in text.splitlines() if line.strip().startswith('aten::bmm')]
     assert bmm and float(bmm[0][1]) > 0 and float(bmm[0][2]) == 0.0

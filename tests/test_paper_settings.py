@@ -1,4 +1,4 @@
-"""The papers' weights and configurations are one flag away: README's table of settings builds, flag for flag, to the
+"""The papers' weights and configurations are one flag away: docs/usage.md's table of settings builds, flag for flag, to the
 parameter counts it states; default weights are the papers'; CLIP's ViT-B/32 runs with every method."""
 import os
 
@@ -15,8 +15,8 @@ from methods import METHODS, build
 
 
 def readme_settings():
-    """The rows of README's 'Reproduce the papers' settings' table: (setting, train.py flags, trainable params)."""
-    text = open(os.path.join(ROOT, 'README.md')).read()
+    """The rows of docs/usage.md's 'Reproduce the papers' settings' table: (setting, train.py flags, trainable params)."""
+    text = open(os.path.join(ROOT, 'docs', 'usage.md')).read()
     section = text.split('### Reproduce the papers\' settings', 1)[1].split('\n#', 1)[0]
     rows = []
     for line in section.splitlines():

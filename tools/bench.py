@@ -2,10 +2,11 @@
 frozen backbone's, timed in one process, interleaved, so that both see the same machine load; and the memory of a
 training step, counted.
 
-    python tools/bench.py --model tf_efficientnet_lite0 --img-size 128 --methods all     # -> results/bench-<model>-<size>.md
-    python tools/bench.py --methods lorsp,lorvp --precision fp32 --compile --tag fp32-compiled
-    python tools/bench.py --serve lorvp,lotep_cp,lorsp,lotep_tk      # T tasks on one backbone in one batch, against T models
-    python tools/bench.py --methods lorsp,ft --profile               # where the time goes: torch.profiler's top ops
+    python tools/bench.py --methods lorsp,lorvp --reps 5       # -> runs/bench/bench-<model>-<size>.md (--out)
+    python tools/bench.py --methods all --out results           # adds to the committed table in results/
+    python tools/bench.py --methods lorsp --precision fp32 --compile --tag fp32-compiled
+    python tools/bench.py --serve lorvp,lotep_cp,lorsp,lotep_tk  # T tasks on one backbone in one batch, against T models
+    python tools/bench.py --methods lorsp,ft --profile          # where the time goes: torch.profiler's top ops
     costs = measure({'lotep_cp': train_argv, ...}, reps=10)    # compare.py's cost columns, one row per arm
 
 The floor of a prompt is what the frozen backbone costs anyway: its forward + backward to its input (training; an
@@ -240,12 +241,14 @@ def main(argv=None):
     p.add_argument('--batch-size', type=POS_INT, default=32)
     p.add_argument('--methods', default='all', help='comma list, or all')
     p.add_argument('--reps', type=POS_INT, default=20, help='timed rounds (after one warm-up round)')
-    p.add_argument('--precision', choices=['fp32', 'bf16'], help='default: as train.py (bf16 where fast)')
+    p.add_argument('--precision', choices=['fp32', 'bf16'], help='default: as train.py (bf16 on CUDA, fp32 on a CPU)')
     p.add_argument('--compile', action='store_true', help='torch.compile the LoRSP prompts')
     p.add_argument('--channels-last', action='store_true', help='the backbones in channels-last memory order')
     p.add_argument('--device', default='auto')
     p.add_argument('--classes', type=POS_INT, default=10, help='K of the heads')
-    p.add_argument('--tag', help='results/bench-<model>-<size>-<tag>.md')
+    p.add_argument('--tag', help='<out>/bench-<model>-<size>-<tag>.md')
+    p.add_argument('--out', default=os.path.join('runs', 'bench'), help='where the tables go (default %(default)s); '
+                   '--out results adds to the committed tables in results/')
     p.add_argument('--no-pretrained', action='store_true', help='random weights, for models without offline weights')
     p.add_argument('--serve', help='comma list of methods: serve.MultiTask of these tasks against one model per task')
     p.add_argument('--profile', action='store_true', help='instead of timing: the ops each method\'s step and forward '
@@ -263,11 +266,8 @@ def main(argv=None):
     if unknown or not names:
         p.error(f'unknown method(s) {unknown}; choose from {", ".join(METHODS)}' if unknown else
                 '--methods is empty; give a comma list of methods, or all')
-    name = f'bench-{b.model}-{b.img_size}' + (f'-{b.tag}' if b.tag else '')
-    argvs = {m: ['--method', m, '--model', b.model, '--img-size', str(b.img_size), '--batch-size', str(b.batch_size),
-                 '--device', b.device, '--dataset', 'synthetic'] + (['--precision', b.precision] if b.precision else [])
-             + (['--no-pretrained'] if b.no_pretrained else []) + (['--channels-last'] if b.channels_last else [])
-             + (['--compile'] if b.compile and m.startswith('lorsp') else []) for m in names}
+    name = table_name(b, f'bench-{b.model}-{b.img_size}' + (f'-{b.tag}' if b.tag else ''))
+    argvs = {m: method_argv(b, m) for m in names}
     try:
         a = resolve(parse(argvs[names[0]]))
     except (train.UsageError,) + train.SETUP_ERRORS as e:
@@ -286,7 +286,22 @@ def main(argv=None):
     times = interleaved(tasks, b.reps, a.device)
     for m in tasks:
         rows[m].update(figures(times[m], bench_batch(a)))
-    with tables.locked(name):  # merged with what is on disk now: rows of other methods stay
+    ordered, md = write_table(b, name, settings, rows)
+    print(md + f'\nwrote {tables.path(name, "md")} and its .json')
+    return ordered
+
+
+def method_argv(b, m):
+    """train.py's flags for method m at the bench's settings."""
+    return (['--method', m, '--model', b.model, '--img-size', str(b.img_size), '--batch-size', str(b.batch_size),
+             '--device', b.device, '--dataset', 'synthetic'] + (['--precision', b.precision] if b.precision else [])
+            + (['--no-pretrained'] if b.no_pretrained else []) + (['--channels-last'] if b.channels_last else [])
+            + (['--compile'] if b.compile and m.startswith('lorsp') else []))
+
+
+def write_table(b, name, settings, rows):
+    """Merged with what is on disk now, under the table's lock: rows of other methods stay."""
+    with tables.locked(name):
         previous = tables.read(name)
         tables.check_settings(name, previous, settings)
         merged = {r['method']: r for r in (previous or {}).get('rows', [])}
@@ -295,8 +310,13 @@ def main(argv=None):
         commands = list(dict.fromkeys((previous or {}).get('commands', []) + [b.command]))
         md = bench_table(b, settings, ordered, commands)
         tables.write(name, dict(settings=settings, commands=commands, torch=torch.__version__, rows=ordered), md)
-    print(md)
-    return ordered
+    return ordered, md
+
+
+def table_name(b, name):
+    """A table's name for tools.tables: in results/ with --out results (the committed tables), else under --out."""
+    out = os.path.abspath(b.out)
+    return name if out == os.path.abspath(tables.DIR) else os.path.join(out, name)
 
 
 def machine(device):
@@ -331,37 +351,24 @@ def bench_table(b, settings, rows, commands):
 
 def write_profile(b, settings, tasks):
     """results/profile-<model>-<size>[-tag].txt; a file made by another command is not replaced (give --tag)."""
-    path = os.path.join(tables.DIR, f'profile-{b.model}-{b.img_size}' + (f'-{b.tag}' if b.tag else '') + '.txt')
+    path = tables.path(table_name(b, f'profile-{b.model}-{b.img_size}' + (f'-{b.tag}' if b.tag else '')), 'txt')
     if os.path.exists(path):
         with open(path) as f:
             made_by = f.readline().strip()
         if made_by != b.command:
             raise SystemExit(f'error: {path} was made by another command ({made_by}); give this one its own --tag')
     text = f'{b.command}\n\n' + profile(tasks)
-    os.makedirs(tables.DIR, exist_ok=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'w') as f:
         f.write(text)
     print(text + f'-> {path}')
 
 
-def serve_bench(b, p):
-    """T tasks (prompts made non-zero, written as prompt files) served mixed in one batch of 8 T images by one
-    backbone, against T separate models each running its own 8 images: time per batch and the weights held."""
+def serving_tasks(b, methods):
+    """Each method's model with non-zero prompts, written as a prompt file; served together (MultiTask) and alone."""
     import tempfile
-    from serve import MultiTask, load_task, save_prompt
-    methods, paths = [m for m in b.serve.split(',') if m], []
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        p.error(f'--serve: unknown method(s) {unknown}' if unknown else
-                '--serve is empty; give a comma list of methods')
-    name = f'serve-{b.model}-{b.img_size}' + (f'-{b.tag}' if b.tag else '')
-    settings = dict(tasks=methods, model=b.model, img_size=b.img_size, reps=b.reps, pretrained=not b.no_pretrained,
-                    machine=machine('cuda' if b.device != 'cpu' and torch.cuda.is_available() else 'cpu'))
-    try:
-        with tables.locked(name):
-            tables.check_settings(name, tables.read(name), settings)
-    except tables.ResultsError as e:
-        raise SystemExit(f'error: {e}') from None
+    from tools.serve import MultiTask, load_task, save_prompt
+    paths = []
     with tempfile.TemporaryDirectory() as tmp:
         for t, method in enumerate(methods):
             a = resolve(parse(['--method', method, '--model', b.model, '--img-size', str(b.img_size),
@@ -375,6 +382,26 @@ def serve_bench(b, p):
             paths.append(save_prompt(model, a, os.path.join(tmp, f'{t}.safetensors'), classes=range(10)))
         server = MultiTask(paths, device=a.device)
         alone = [load_task(p, device=a.device)[1] for p in paths]
+    return a, server, alone
+
+
+def serve_bench(b, p):
+    """T tasks (prompts made non-zero, written as prompt files) served mixed in one batch of 8 T images by one
+    backbone, against T separate models each running its own 8 images: time per batch and the weights held."""
+    methods = [m for m in b.serve.split(',') if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        p.error(f'--serve: unknown method(s) {unknown}' if unknown else
+                '--serve is empty; give a comma list of methods')
+    name = table_name(b, f'serve-{b.model}-{b.img_size}' + (f'-{b.tag}' if b.tag else ''))
+    settings = dict(tasks=methods, model=b.model, img_size=b.img_size, reps=b.reps, pretrained=not b.no_pretrained,
+                    machine=machine('cuda' if b.device != 'cpu' and torch.cuda.is_available() else 'cpu'))
+    try:
+        with tables.locked(name):
+            tables.check_settings(name, tables.read(name), settings)
+    except tables.ResultsError as e:
+        raise SystemExit(f'error: {e}') from None
+    a, server, alone = serving_tasks(b, methods)
     x = torch.rand(8 * len(methods), 3, b.img_size, b.img_size, device=a.device)
     task = torch.arange(len(methods), device=a.device).repeat(8)
 
@@ -407,7 +434,7 @@ def serve_bench(b, p):
         tables.check_settings(name, tables.read(name), settings)
         tables.write(name, dict(settings=settings, command=b.command, torch=torch.__version__, rows=rows),
                       '\n'.join(lines) + '\n')
-    print('\n'.join(lines))
+    print('\n'.join(lines) + f'\nwrote {tables.path(name, "md")} and its .json')
     return rows
 
 
