@@ -3,6 +3,7 @@ fails on each: a test that still passes with the bug in place guards nothing.
 
     python tests/plant_bugs.py            # every bug (about 10 minutes on a 2-core CPU)
     python tests/plant_bugs.py detach     # the bugs whose name contains 'detach'
+    python tests/plant_bugs.py --fast     # the fast tier alone (python -m pytest without --e2e)
 
 Not collected by pytest (a developer's tool); its last run is quoted in README (Tests).
 """
@@ -13,6 +14,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = False  # --fast: run the named tests without --e2e
 
 # name: (file, the line as it is, the line with the bug, the tests that must fail)
 BUGS = {
@@ -23,8 +25,9 @@ BUGS = {
     'vpt tokens detached': ('baselines.py', 'prompt = self.prompts[i].expand(x.shape[0], -1, -1).to(x.dtype)',
                             'prompt = self.prompts[i].expand(x.shape[0], -1, -1).to(x.dtype).detach()',
                             'tests/test_methods.py'),
-    'lorsp W detached': ('lorsp.py', 'SparsePrompt.apply(x @ self.W, self.B, self)',  # the path LoRSP runs
-                         'SparsePrompt.apply(x @ self.W.detach(), self.B, self)', 'tests/test_methods.py'),
+    'lorsp W detached': ('lorsp.py', 'A = (x @ self.W).unflatten(-1, (self.n, self.r))  # (B, c, L, n r) ->',
+                         'A = (x @ self.W.detach()).unflatten(-1, (self.n, self.r))  # (B, c, L, n r) ->',
+                         'tests/test_methods.py'),
     'lpf W detached': ('lorsp.py', 'A = (x @ m.W).unflatten(-1, (m.n, m.r)).mean(-2)',
                        'A = (x @ m.W.detach()).unflatten(-1, (m.n, m.r)).mean(-2)', 'tests/test_methods.py'),
     'lotep channel factor detached': ('lotep.py', "return torch.einsum('ti,tj,tk->ijk', self.a, self.b, self.c)",
@@ -71,14 +74,14 @@ BUGS = {
                                             'p.grad / (p.grad.norm() + 1e-12)', 'tests/test_baselines.py'),
     'resume forgets the optimizer': ('train.py', "        opt.load_state_dict(ckpt['optimizer'])\n", '',
                                      'tests/test_train.py'),
-    'torchrun loss not scaled by the processes': ('train.py', '            loss = batch_loss * size / global_n\n',
-                                                  '            loss = batch_loss / global_n\n',
+    'torchrun loss not scaled by the processes': ('distributed.py', 'return float(len(range(rank, n, size)) > 0), size / n, n',
+                                                  'return float(len(range(rank, n, size)) > 0), 1 / n, n',
                                                   'tests/test_train.py -k torchrun'),
     'label-map counts not summed over processes': (
-        'train.py', 'm.set_mapping(distributed.reduce_(m.count_sources(model, batches)))',
-        'm.set_mapping(m.count_sources(model, batches))', 'tests/test_train.py -k torchrun'),
-    'evp canvas gradient not averaged': ('train.py', 'distributed.reduce_(opt.prompt.canvas_grad, mean=True)',
-                                         'opt.prompt.canvas_grad.mul_(1)', 'tests/test_train.py -k torchrun'),
+        'baselines.py', 'self.set_mapping(loop.reduce(self.count_sources(loop.features, loop.batches())))',
+        'self.set_mapping(self.count_sources(loop.features, loop.batches()))', 'tests/test_train.py -k torchrun'),
+    'evp canvas gradient not averaged': ('baselines.py', 'loop.reduce(self.canvas_grad, mean=True)',
+                                         'self.canvas_grad.mul_(1)', 'tests/test_train.py -k torchrun'),
     'nccl group only': ('distributed.py', "return 'cpu:gloo,cuda:nccl' if cuda else 'gloo'",
                         "return 'nccl' if cuda else 'gloo'", 'tests/test_train.py -k group'),
     'bench before saving the prompt file': (
@@ -94,28 +97,26 @@ BUGS = {
     'bench table replaced, not merged': ('tools/bench.py',
                                          "merged = {r['method']: r for r in (previous or {}).get('rows', [])}",
                                          'merged = {}', 'tests/test_bench.py'),
-    'explode rule off': ('train.py', '    elif window_loss > line:', '    elif False:',
+    'explode rule off': ('train.py', '    elif loss > line:', '    elif False:',
                          'tests/test_train.py -k explode'),
-    'holm not applied': ('tools/compare.py', 'running = max(running, min(1.0, (len(tested) - rank) * p))', 'running = p',
+    'holm not applied': ('tools/stats.py', 'running = max(running, min(1.0, (len(tested) - rank) * p))', 'running = p',
                          'tests/test_compare.py -k holm'),
     'claimed size read against the raw interval in the Holm column': (
-        'tools/compare.py', "verdict(bonferroni(ci, m), c['claimed'], p_holm)", "verdict(ci, c['claimed'], p_holm)",
+        'tools/stats.py', "verdict(bonferroni(ci, m), c['claimed'], p_holm)", "verdict(ci, c['claimed'], p_holm)",
         'tests/test_compare.py -k holm'),
-    'edge never extended': ('tools/compare.py', 'for axis, _, beyond, arms in chosen if beyond is not None]',
+    'edge never extended': ('tools/protocols.py', 'for axis, _, beyond, arms in chosen if beyond is not None]',
                             'for axis, _, beyond, arms in chosen if False]', 'tests/test_compare.py -k edge'),
     'a diverged run run again': ('tools/compare.py', "    if os.path.exists(job.out + '.diverged'):", '    if False:',
                                  'tests/test_compare.py -k same_grid'),
-    'edge where the progression ends not said': ('tools/compare.py', 'in chosen if beyond is None and finished]',
+    'edge where the progression ends not said': ('tools/protocols.py', 'in chosen if beyond is None and finished]',
                                                  'in chosen if False]', 'tests/test_compare.py -k edge'),
-    'a grid note kept twice': ('tools/compare.py', '    return [n for n in previous if key(n) not in mine] + list(now)',
+    'a grid note kept twice': ('tools/tables.py', '    return [n for n in previous if key(n) not in mine] + list(now)',
                                '    return list(dict.fromkeys(previous + now))', 'tests/test_compare.py -k edge'),
-    'tuning table with lr and init swapped': ('tools/compare.py', "cell(f'lr {lr} init {i}') for i in inits",
+    'tuning table with lr and init swapped': ('tools/tables.py', "cell(f'lr {lr} init {i}') for i in inits",
                                               "cell(f'lr {i} init {lr}') for i in inits",
                                               'tests/test_compare.py -k tabled'),
-    'fused lif surrogate factor dropped': ('lorsp.py', '        return alpha * s * (1 - s)\n',
-                                           '        return s * (1 - s)\n', 'tests/test_lorsp.py -k fused'),
-    'fused lif reset not applied in backward': ('lorsp.py', 'dH = dS * dS_dH + dV * (1 - S)', 'dH = dS * dS_dH + dV',
-                                                'tests/test_lorsp.py -k fused'),
+    'lorsp spikes do not gate the factors': ('lorsp.py', 'P_hat = P_hat + S_k * P_k  # Eq. (9)',
+                                             'P_hat = P_hat + P_k  # Eq. (9)', 'tests/test_lorsp.py'),
     'top-k keeps k + 1': ('lorsp.py', 'keep = flat.shape[1] - round(m.sparsity * flat.shape[1])',
                           'keep = flat.shape[1] - round(m.sparsity * flat.shape[1]) + 1',
                           'tests/test_lorsp.py -k topk'),
@@ -126,7 +127,7 @@ BUGS = {
     'train800val200 used for tuning': ('data.py', "'tune': ('train800.txt', 'val200.txt', 'test.txt')",
                                        "'tune': ('train800val200.txt', 'val200.txt', 'test.txt')",
                                        'tests/test_layouts.py -k vtab_tasks'),
-    'group mean computed as the task mean': ('tools/compare.py',
+    'group mean computed as the task mean': ('tools/tables.py',
                                              'mean_of_group_means=statistics.mean(group_means.values()))',
                                              'mean_of_group_means=statistics.mean(accs.values()))',
                                              'tests/test_layouts.py -k averages'),
@@ -135,14 +136,17 @@ BUGS = {
                                     'tests/test_baselines.py'),
     'prop1 adam control runs sgd': ('theory/prop1_rank_bound.py', "if s.control == 'adam' else", "if False else",
                                     'tests/test_theory.py'),
-    'nan loss accepted': ('train.py', '    if not math.isfinite(window_loss):', '    if False:',
+    'nan loss accepted': ('train.py', '    if not math.isfinite(loss):', '    if False:',
                           'tests/test_train.py'),
     'a run known by where it lies': ('tools/compare.py', 'identity(made_by) != job.identity:', 'made_by != job.command:',
                                      'tests/test_compare.py -k read_back_from'),
+    'a run launched without its launch lock': ('tools/compare.py',
+                                               '        fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)\n',
+                                               '        pass\n', 'tests/test_compare.py -k waited_for'),
     'resume refuses the data read from elsewhere': ('flags.py', "RESUMABLE = ('device', 'workers', 'data_dir')",
                                                     "RESUMABLE = ('device', 'workers')",
                                                     'tests/test_train.py -k resume_refuses'),
-    'progress counts every tuning run as left': ('tools/compare.py', "tune_left = tried.count('pending')",
+    'progress counts every tuning run as left': ('tools/tables.py', "tune_left = tried.count('pending')",
                                                  'tune_left = len(tried)', 'tests/test_compare.py -k report_tables'),
 }
 
@@ -158,18 +162,23 @@ def plant(name, file, before, after, tests):
         open(path, 'w').write(text.replace(before, after))
         # ../shared beside the copy, as beside the repository
         os.symlink(os.path.join(os.path.dirname(ROOT), 'shared'), os.path.join(tmp, 'shared'))
-        p = subprocess.run([sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider', *tests.split()],
+        tier = [] if FAST else ['--e2e']  # the fast tier alone, or both tiers
+        p = subprocess.run([sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider', *tier, *tests.split()],
                            cwd=copy, capture_output=True, text=True)
         return 'caught' if p.returncode != 0 else 'MISSED: the tests pass with the bug'
 
 
 def main(argv):
+    global FAST
+    FAST = '--fast' in argv
+    argv = [a for a in argv if a != '--fast']
     chosen = {k: v for k, v in BUGS.items() if not argv or any(a in k for a in argv)}
     results = {}
     for name, spec in chosen.items():
         results[name] = plant(name, *spec)
         print(f'{name:<45} {results[name]}', flush=True)
-    print(f'{sum(r == "caught" for r in results.values())} of {len(results)} planted bugs caught')
+    print(f'{sum(r == "caught" for r in results.values())} of {len(results)} planted bugs caught'
+          f'{" by the fast tier alone" if FAST else ""}')
     return 0 if all(r == 'caught' for r in results.values()) else 1
 
 

@@ -19,8 +19,10 @@ import torch
 from tools import cka
 from tools import compare
 from tools import protocols
+from tools import stats
+from tools import tables
 import train
-from conftest import ROOT
+from conftest import ROOT, SHARED_DATA
 from flags import parse
 
 TINY = ['--model', 'test_vit', '--dataset', 'synthetic', '--img-size', '32', '--epochs', '1', '--train-per-class', '8',
@@ -94,14 +96,17 @@ def test_failed_runs_make_a_nonzero_exit_naming_each_with_its_log(tmp_path, monk
     assert row['lp']['accs'] and not row['lotep_cp']['accs'] and row['lotep_cp']['failed']
 
 
-def test_a_run_another_process_owns_is_waited_for_not_failed(tmp_path, monkeypatch, capsys):
-    """A train.py of its own holds the run (its lock); the comparison never touches the run while it does, waits, and
-    then runs it. Here the holder lets go after 3 s."""
+@pytest.mark.parametrize('holder', ['train.py', 'comparison'])
+def test_a_run_another_process_owns_is_waited_for_not_failed(tmp_path, monkeypatch, capsys, holder):
+    """A train.py of its own holds the run (its lock), or another comparison its launch lock (<run>.launch, held until
+    the run's outcome is on disk); the comparison never touches the run while it is held, waits, and then runs it.
+    Here the holder lets go after 3 s."""
     monkeypatch.chdir(tmp_path)
     busy = tmp_path / 'runs' / 'offline-cifar10-b' / 'lp-s0'
     busy.mkdir(parents=True)
-    lock = open(busy / '.lock', 'a')
+    lock = open(busy / '.lock' if holder == 'train.py' else f'{busy}.launch', 'a')
     fcntl.flock(lock, fcntl.LOCK_EX)
+    held = sorted(os.listdir(busy))
     seen = []
 
     def let_go():
@@ -114,7 +119,7 @@ def test_a_run_another_process_owns_is_waited_for_not_failed(tmp_path, monkeypat
                          '--no-tune'])
     holder.join()
     assert 'another process is running it; waiting for it' in capsys.readouterr().out
-    assert seen == [['.lock']] and rows[0]['accs'] and not rows[0]['failed']
+    assert seen == [held] and rows[0]['accs'] and not rows[0]['failed']
 
 
 def test_two_comparisons_on_one_protocol_lose_no_row_and_run_a_shared_arm_once(tmp_path):
@@ -191,17 +196,17 @@ def test_tuning_chooses_on_validation_the_same_grid_for_every_arm(tmp_path, monk
 def test_the_grid_scales_each_methods_own_init_and_autovp_searches_its_space():
     settings = compare.PROTOCOLS['offline-cifar10-long'].settings
     tune = compare.PROTOCOLS['offline-cifar10-long'].tune
-    lotep, added = compare.grid(['--method', 'lotep_cp'], tune, settings)
+    lotep, added = protocols.grid(['--method', 'lotep_cp'], tune, settings)
     assert len(lotep) == 9 and lotep['lr x3 init x0.3'] == (['--lr-scale', '3', '--init-std', '0.09'],  # 0.3 x 0.3
                                                             {'lr': 3, 'init': 0.3})
     assert added == ['--val-split', '0.1', '--no-test']  # as long as the final runs; never a test image
-    lorvp, _ = compare.grid(['--method', 'lorvp'], tune, settings)
+    lorvp, _ = protocols.grid(['--method', 'lorvp'], tune, settings)
     assert lorvp['lr x1 init x3'][0] == ['--lr-scale', '1', '--init-std', '0.03']  # LoR-VP's A: 0.01 x 3
-    lp, _ = compare.grid(['--method', 'lp'], tune, settings)
+    lp, _ = protocols.grid(['--method', 'lp'], tune, settings)
     assert list(lp) == ['lr x0.3', 'lr x1', 'lr x3']  # no random prompt factor: the lr only
-    autovp, _ = compare.grid(['--method', 'autovp'], tune, settings)
+    autovp, _ = protocols.grid(['--method', 'autovp'], tune, settings)
     assert len(autovp) == 9 and {flags[1] for flags, _ in autovp.values()} == {'fm', 'freq', 'iter'}
-    deep, shorter = compare.grid(['--method', 'deep_lorvp'], compare.PROTOCOLS['offline-cifar10'].tune, settings)
+    deep, shorter = protocols.grid(['--method', 'deep_lorvp'], compare.PROTOCOLS['offline-cifar10'].tune, settings)
     assert deep['init 0.3'][0] == ['--init-std', '0.3'] and shorter[-2:] == ['--epochs', '1']
 
 
@@ -210,18 +215,18 @@ def test_every_protocol_arm_is_a_valid_train_command():
         assert protocol.arms and protocol.seeds, name
         settings = {**protocol.settings, **({'dataset': f'vtab-1k:{protocol.tasks[0]}'} if protocol.tasks else {})}
         for arm, flags in protocol.arms.items():
-            argv = compare.train_argv(settings, flags, 0, 'unused')
+            argv = protocols.train_argv(settings, flags, 0, 'unused')
             a = parse(argv)
             assert a.method in compare.METHODS, (name, arm)
         for a_, b_, claimed, paper in protocol.claims:
             assert a_ in protocol.arms and b_ in protocol.arms, (name, a_, b_)
-    tuning_run = compare.train_argv(compare.PROTOCOLS['offline-cifar10'].settings, ['--method', 'lp', '--epochs', '1'],
-                                    0, 'unused')
+    tuning_run = protocols.train_argv(protocols.PROTOCOLS['offline-cifar10'].settings,
+                                      ['--method', 'lp', '--epochs', '1'], 0, 'unused')
     assert parse(tuning_run).epochs == 1  # the arm's (or tuning's) flags win over the protocol's settings
     long = compare.PROTOCOLS['offline-cifar10-long']
     assert {'lp', 'lora', 'lorvp', 'evp', 'ilm_vp', 'autovp', 'lotep_cp', 'lotep_tk', 'grouped_lorvp', 'deep_lorvp',
             'lorsp', 'lorsp_lpf'} <= set(long.arms)
-    final = parse(compare.train_argv(long.settings, ['--method', 'lp', *long.final_flags], 0, 'unused'))
+    final = parse(protocols.train_argv(long.settings, ['--method', 'lp', *long.final_flags], 0, 'unused'))
     assert final.val_split == 0.1  # the final runs hold out a validation split: the val-selected accuracy too
     assert final.channels_last and final.precision == 'fp32'  # a True setting is a flag alone
     # five seeds for every arm of a claim, three for the others, never the tuning seed 0
@@ -242,13 +247,13 @@ def test_paired_confidence_interval_against_a_hand_computation():
     mean = sum(d) / 4
     sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 3)
     half = 3.1824463 * sd / 2  # t(0.975, 3 degrees of freedom) sd / sqrt(4)
-    ci = compare.paired(a, b)
+    ci = stats.paired(a, b)
     assert ci['n'] == 4 and ci['mean'] == pytest.approx(mean) and ci['sd'] == pytest.approx(sd)
     assert (ci['low'], ci['high']) == (pytest.approx(mean - half), pytest.approx(mean + half))
-    assert compare.paired({0: 1.0}, {0: 2.0}) is None
-    assert compare.verdict(ci).startswith('cannot tell')  # [-0.18, 2.43] contains 0
-    assert compare.verdict(dict(mean=0.6, low=0.2, high=1.0), 2.5) == 'holds; the claimed +2.5 is outside the interval'
-    assert compare.verdict(dict(mean=-1.0, low=-2.0, high=-0.1)).startswith('does not hold')
+    assert stats.paired({0: 1.0}, {0: 2.0}) is None
+    assert stats.verdict(ci).startswith('cannot tell')  # [-0.18, 2.43] contains 0
+    assert stats.verdict(dict(mean=0.6, low=0.2, high=1.0), 2.5) == 'holds; the claimed +2.5 is outside the interval'
+    assert stats.verdict(dict(mean=-1.0, low=-2.0, high=-0.1)).startswith('does not hold')
     assert statistics.mean(ci['diffs']) == pytest.approx(mean)
 
 
@@ -256,8 +261,10 @@ def test_the_table_puts_the_val_selected_accuracy_beside_the_final_one():
     run = dict(trainable_params=10, train_time_s=1.0, train_images_per_s=1.0)
     runs = [dict(run, arm='a', seed=0, test_acc=80.0, val_selected_test_acc=78.0),
             dict(run, arm='a', seed=1, test_acc=82.0, val_selected_test_acc=81.0)]
-    md_of = lambda runs: compare.table('n', compare.PROTOCOLS['offline-tiny'], {}, [0, 1],
-                                       compare.rows_of(runs, ['a']), {}, [], 1.0, 0.0, [])
+    record = dict(name='n', changes=[], settings={}, seeds=[0, 1], tuning={}, grid_notes=[], claims=[], wall_s=1.0,
+                  tune_wall_s=0.0, bench={})
+    md_of = lambda runs: tables.markdown(dict(record, rows=tables.rows_of(runs, ['a'])),
+                                         compare.PROTOCOLS['offline-tiny'].about)
     row = next(line for line in md_of(runs).splitlines() if line.startswith('| a |')).split(' | ')
     sd = lambda x, y: math.sqrt(((x - y) / 2) ** 2 * 2)  # sample std of two numbers
     assert row[1:3] == [f'81.00 ± {sd(80, 82):.2f} (2)', f'79.50 ± {sd(78, 81):.2f} (2)']
@@ -287,10 +294,12 @@ def test_cka_on_a_finished_run(tmp_path):
     assert os.path.getsize(tmp_path / 'lotep' / 'cka.png') > 1000
 
 
-def test_ci_runs_the_readme_test_command():
-    ci = open(os.path.join(ROOT, '.ci', 'run')).read().strip().splitlines()[-1]
-    assert ci == 'python -m pytest -q'
-    assert f'`{ci}`' in open(os.path.join(ROOT, 'README.md')).read()
+def test_ci_runs_the_readme_test_commands():
+    """CI runs README's fast tier, then the end-to-end tier: together, README's --e2e command."""
+    ci = [line for line in open(os.path.join(ROOT, '.ci', 'run')).read().splitlines() if 'pytest' in line]
+    assert ci == ['python -m pytest -q', 'python -m pytest -q --e2e -m e2e']
+    readme = open(os.path.join(ROOT, 'README.md')).read()
+    assert 'python -m pytest -q ' in readme and 'python -m pytest -q --e2e ' in readme
 
 
 def test_cka_refuses_what_it_cannot_compare(tmp_path, capsys):
@@ -353,24 +362,24 @@ def test_report_tables_the_finished_runs_and_starts_none(tmp_path, monkeypatch):
     assert f'({(walls[0] + final_wall) / 2 / 60:.1f} min, as they ran)' in md
     # by hand: 1 tuning run and 3 final runs left, at the mean of 600 and 1200 s (an unknown wall time not counted)
     tuning = {'a': {'tried': {'x1': 80.0, 'x3': 'pending'}}, 'b': {'tried': {}}}
-    line = compare.progress(tuning, [600, 1200, None], 3, 5)
+    line = tables.progress(tuning, [600, 1200, None], 3, 5)
     assert '1 of the 2 tuning runs' in line and '2 of the 5 final runs' in line
     assert 'the 2 finished runs (15.0 min, as they ran), about 1.0 h of runs are left' in line
-    assert compare.progress({'a': {'tried': {'x1': 80.0}}}, [600], 0, 5) == ''
+    assert tables.progress({'a': {'tried': {'x1': 80.0}}}, [600], 0, 5) == ''
 
 
 def test_student_t_p_values_and_holms_correction_against_hand_computations():
     for df, q in {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 10: 2.228, 30: 2.042}.items():  # a printed table
-        assert compare.t_two_sided(q, df) == pytest.approx(0.05, abs=3e-4), df  # of the 97.5% quantiles
-        assert compare.t_quantile(0.05, df) == pytest.approx(q, abs=5e-4), df
-    assert compare.t_two_sided(1.0, 1) == pytest.approx(0.5)  # df = 1, the Cauchy law: P(|T| >= 1) = 1/2
-    assert compare.t_two_sided(3.0, 2) == pytest.approx(1 - 3 / math.sqrt(11))  # df = 2: 1 - t / sqrt(2 + t^2)
-    assert compare.t_two_sided(0.0, 4) == pytest.approx(1.0)
+        assert stats.t_two_sided(q, df) == pytest.approx(0.05, abs=3e-4), df  # of the 97.5% quantiles
+        assert stats.t_quantile(0.05, df) == pytest.approx(q, abs=5e-4), df
+    assert stats.t_two_sided(1.0, 1) == pytest.approx(0.5)  # df = 1, the Cauchy law: P(|T| >= 1) = 1/2
+    assert stats.t_two_sided(3.0, 2) == pytest.approx(1 - 3 / math.sqrt(11))  # df = 2: 1 - t / sqrt(2 + t^2)
+    assert stats.t_two_sided(0.0, 4) == pytest.approx(1.0)
     for alpha, q in ((0.05, 2.776), (0.01, 4.604), (0.005, 5.598), (0.001, 8.610)):  # a printed t table, df = 4
-        assert compare.t_quantile(alpha, 4) == pytest.approx(q, abs=5e-4), alpha
+        assert stats.t_quantile(alpha, 4) == pytest.approx(q, abs=5e-4), alpha
     # Holm, m = 4: sorted 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> running max 0.06
-    assert compare.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    assert compare.holm([0.2, None, 0.01]) == [pytest.approx(0.2), None, pytest.approx(0.02)]
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.2, None, 0.01]) == [pytest.approx(0.2), None, pytest.approx(0.02)]
 
 
 def test_holm_turns_a_marginal_holds_into_cannot_tell():
@@ -383,10 +392,10 @@ def test_holm_turns_a_marginal_holds_into_cannot_tell():
             'd': dict(accs={0: 80.5, 1: 80.2, 2: 81.9}, val_selected={})}  # a - d: -0.5, 0.8, 0.1
     protocol = dataclasses.replace(compare.PROTOCOLS['offline-tiny'], claims=tuple(
         ('a', other, 3.0 if other == 'b' else None, 'a paper') for other in 'bcd'))
-    marginal, *nulls = compare.test_claims(protocol, rows)
+    marginal, *nulls = stats.claim_verdicts(protocol.claims, rows)
     d = [1.0, 1.5, 2.0]  # computed here
     t = statistics.mean(d) / (statistics.stdev(d) / math.sqrt(3))
-    assert marginal['p'] == pytest.approx(compare.t_two_sided(t, 2)) and 0.03 < marginal['p'] < 0.04
+    assert marginal['p'] == pytest.approx(stats.t_two_sided(t, 2)) and 0.03 < marginal['p'] < 0.04
     assert marginal['verdict'] == 'holds; the claimed +3 is outside the interval'  # 1.5 + 4.303 x 0.5 / sqrt 3
     assert marginal['p_holm'] == pytest.approx(3 * marginal['p'])
     # Bonferroni for 3 claims: P(|T| >= t) = 0.05 / 3 with df = 2, where P(|T| >= t) = 1 - t / sqrt(2 + t^2)
@@ -401,11 +410,11 @@ def test_holm_turns_a_marginal_holds_into_cannot_tell():
 def test_a_grid_of_lr_by_init_is_tabled_rows_lr_columns_init():
     tried = {'lr x3 init x10': 'diverged', 'lr x0.3 init x10': 80.0, 'lr x0.3 init x3': 77.0, 'lr x3 init x3': 37.0,
              'lr x0.3 init x1': 78.5}  # lr x3 init x1 not tried (yet)
-    lines = compare.tuning_lines('lorvp', {'tried': tried, 'chosen': 'lr x0.3 init x10 so far'})
+    lines = tables.tuning_lines('lorvp', {'tried': tried, 'chosen': 'lr x0.3 init x10 so far'})
     assert [line for line in lines if line] == ['lorvp -> **lr x0.3 init x10 so far**',
                                                 '| lr \\ init | x1 | x3 | x10 |', '|---|---|---|---|',
                                                 '| x0.3 | 78.50 | 77.00 | **80.00** |', '| x3 | - | 37.00 | diverged |']
-    assert compare.tuning_lines('lp', {'tried': {'lr x1': 79.0, 'lr x3': 'pending'}, 'chosen': 'lr x1 so far'}) == [
+    assert tables.tuning_lines('lp', {'tried': {'lr x1': 79.0, 'lr x3': 'pending'}, 'chosen': 'lr x1 so far'}) == [
         '', '- lp: lr x1 79.00, lr x3 pending -> **lr x1 so far**']  # one axis: a line
 
 
@@ -413,14 +422,14 @@ def test_a_choice_on_an_edge_extends_that_axis_for_every_arm():
     tune, extend = {'lr': (0.3, 1, 3), 'init': (0.3, 1, 3)}, {'lr': (0.1, 0.3, 1, 3, 10), 'init': (0.3, 1, 3)}
     tuning = {'a': {'point': {'lr': 3, 'init': 1}}, 'b': {'point': {'lr': 1, 'init': 3}}, 'c': {'point': {'lr': 0.3}}}
     # a and c chose lr edges the progression goes beyond; b's init x3 ends the init progression: not extendable
-    assert compare.edges(tuning, tune, extend) == [('lr', 0.3, 0.1, ['c']), ('lr', 3, 10, ['a']),
+    assert protocols.edges(tuning, tune, extend) == [('lr', 0.3, 0.1, ['c']), ('lr', 3, 10, ['a']),
                                                    ('init', 3, None, ['b'])]
-    assert compare.edges({'a': {'point': {'lr': 1, 'init': 1}}}, tune, extend) == []
+    assert protocols.edges({'a': {'point': {'lr': 1, 'init': 1}}}, tune, extend) == []
     # a --report made half-way named fewer arms for the same extension: the table keeps one note per axis and edge
     earlier = ['init axis extended to x30 for every arm: a chose its edge', 'lr axis extended to x10 for every arm: c '
                'chose its edge']  # the second: another comparison's (other arms), kept
     now = ['init axis extended to x30 for every arm: a, b chose its edge']
-    assert compare.merged_notes(earlier, now) == [earlier[1], now[0]]
+    assert tables.merged_notes(earlier, now) == [earlier[1], now[0]]
 
 
 def test_tuning_extends_the_grid_until_no_choice_lies_on_an_edge(tmp_path, monkeypatch):
@@ -432,7 +441,7 @@ def test_tuning_extends_the_grid_until_no_choice_lies_on_an_edge(tmp_path, monke
     saved = results(tmp_path, 'offline-tiny-e')
     lrs = {arm: sorted(float(c.split('x')[1]) for c in t['tried']) for arm, t in saved['tuning'].items()}
     assert lrs['lp'] == lrs['lorvp']  # the same grid for every arm, extended or not
-    chosen = compare.edges(saved['tuning'], {'lr': tuple(lrs['lp'])}, tiny.extend)
+    chosen = protocols.edges(saved['tuning'], {'lr': tuple(lrs['lp'])}, tiny.extend)
     assert all(beyond is None for _, _, beyond, _ in chosen)  # no choice left on an edge the grid could extend
     notes = saved['grid_notes']
     assert 1 in lrs['lp'] and 'lr axis extended to x1 for every arm: lp, lorvp chose its edge' in notes  # and said
@@ -477,7 +486,7 @@ def test_runs_are_read_back_from_the_table_or_from_their_folder_moved_elsewhere(
     assert again[0]['accs'] == first[0]['accs'] and not (tmp_path / 'runs' / 'offline-tiny-g' / 'lp-s0').exists()
     # moved: no table there; the final run killed after its last checkpoint, before its summary
     os.remove(moved / 'lp-s0' / 'summary.json')
-    os.symlink(protocols.SHARED_DATA, tmp_path / 'machine2' / 'data')
+    os.symlink(SHARED_DATA, tmp_path / 'machine2' / 'data')
     monkeypatch.chdir(tmp_path / 'machine2')
     again = compare.main([*argv, '--runs-dir', str(moved), '--data-dir', 'data'])
     out = capsys.readouterr().out

@@ -158,9 +158,9 @@ def test_the_two_vtab_averages_against_a_hand_computation():
     """The mean over the tasks and the mean of the three group means differ whenever the groups differ in size:
     Natural 7, Specialized 4, Structured 8 tasks. Made-up accuracies: every Natural task 70, Specialized 80,
     Structured 50."""
-    from tools import compare
+    from tools import tables
     accs = {t: {'Natural': 70.0, 'Specialized': 80.0, 'Structured': 50.0}[g] for t, (g, _) in data.VTAB_1K.items()}
-    m = compare.task_means(accs)
+    m = tables.task_means(accs)
     assert m['tasks'] == 19 and m['task_mean'] == pytest.approx((7 * 70 + 4 * 80 + 8 * 50) / 19)  # 63.16
     assert m['group_means'] == {'Natural': 70.0, 'Specialized': 80.0, 'Structured': 50.0}
     assert m['mean_of_group_means'] == pytest.approx((70 + 80 + 50) / 3)  # 66.67, not the task mean

@@ -1,7 +1,7 @@
 """Use trained prompts: classify images, or evaluate on a data set, from prompt files alone (serve.py).
 
     python tools/predict.py --prompt runs/x/prompt.safetensors cat.png photos/        # top-5 classes of each image
-    python tools/predict.py --prompt runs/x/prompt.safetensors --dataset cifar10 --data-dir ../shared/data --split test
+    python tools/predict.py --prompt runs/x/prompt.safetensors --dataset cifar10-sample --split test
     python tools/predict.py --prompt a.safetensors --prompt b.safetensors 0:cat.png 1:scan.png photos/   # several tasks, one
                                                                                 # backbone, one batch; N: picks a task
 

@@ -6,12 +6,19 @@ compare.py runs them; this file is what a reader looks up.
 
 A protocol's settings are train.py flags of every run (True: a flag without a value); an arm is a method, or a method
 with flags of its own. Tuning runs train at seed 0 on 90% of the training images and are selected on the other 10%;
-final runs use the protocol's seeds.
+final runs use the protocol's seeds. After the protocols, what a comparison of some of a protocol's arms runs (Plan)
+and how it becomes train.py runs: train_argv (one run's flags), identity (what a run computes), grid (the configurations
+an arm tries), choice (the one it keeps) and grown (the grid extended where a choice lies on its edge).
 """
+import os
+import re
 from dataclasses import dataclass, field
 
-from data import SHARED_DATA, VTAB_1K
+from data import VTAB_1K
+from flags import parse, resolve
 
+DATA = 'data'  # train.py's default --data-dir: cifar10.npz or torchvision's layout there, else downloaded there;
+#                a comparison reads its data from anywhere with --data-dir (where the data lies is not a setting)
 TUNE_FLAGS = ('--val-split', '0.1', '--no-test')  # what makes a run a tuning run: validation images, no test image
 
 
@@ -37,6 +44,10 @@ class Protocol:
         in_claims = any(arm in claim[:2] for claim in self.claims)
         return self.claim_seeds if in_claims and self.claim_seeds else self.seeds
 
+    def flags_of(self, arm):
+        """An arm's train.py flags: the protocol's, or those of a method it does not list (--methods)."""
+        return self.arms.get(arm, ['--method', arm])
+
 
 def methods(*names):
     return {m: ['--method', m] for m in names}
@@ -49,7 +60,7 @@ def sweep(method, flag, values, label=None):
 # how far a grid may grow (multiples of the recipe's lr and of the method's init std), one step at a time while an arm's
 # choice lies on its edge: up to x100 on both axes (LoR-VP's official code offers A ~ N(0, 1), x100 its 0.01)
 EXTEND = {'lr': (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100), 'init': (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100)}
-CIFAR = dict(model='tf_efficientnet_lite0', dataset='cifar10', data_dir=SHARED_DATA)
+CIFAR = dict(model='tf_efficientnet_lite0', dataset='cifar10', data_dir=DATA)
 SHORT = dict(**CIFAR, train_per_class=200, test_limit=2000, img_size=96, epochs=6, batch_size=32, precision='bf16')
 LONG_ARMS = ['lp', 'lora', 'lorvp', 'evp', 'ilm_vp', 'autovp', 'lotep_cp', 'lotep_tk', 'grouped_lorvp', 'deep_lorvp',
              'lorsp', 'lorsp_lpf']
@@ -109,7 +120,7 @@ PROTOCOLS = {
                 ('lorvp', 'lp', None, 'LoR-VP over the linear probe'))),
     'offline-tiny': Protocol(
         'Lite0, Tiny-ImageNet subset 100/class, 64 px, 2 epochs, fp32; lr tuned on validation (x0.03, x0.1, x1)',
-        dict(model='tf_efficientnet_lite0', dataset='tiny-imagenet', data_dir=SHARED_DATA, train_per_class=100,
+        dict(model='tf_efficientnet_lite0', dataset='tiny-imagenet', data_dir=DATA, train_per_class=100,
              img_size=64, epochs=2, batch_size=32, precision='fp32'),
         methods('lp', 'lorvp', 'lotep_cp', 'lotep_tk', 'lorsp'), (0,), tune={'lr': (0.03, 0.1, 1)}),
     'paper': Protocol(
@@ -140,3 +151,138 @@ PROTOCOLS = {
          **sweep('lorsp_dropout', '--sparsity', (0.2, 0.5, 0.8))}, (0,)),
 }
 AUTOVP_SEARCH = {'label_map': ('fm', 'freq', 'iter'), 'image_scale': (128 / 224, 160 / 224, 192 / 224)}
+
+
+# ---- a comparison of some of a protocol's arms ----
+
+@dataclass(kw_only=True)
+class Plan:
+    """What a comparison runs, beside its name, settings and runs folder (one per task of a multi-task protocol), and
+    how: runs side by side (jobs), none started (report), the rounds of bench.py (bench_reps), the changes it says."""
+    protocol: Protocol
+    arms: list
+    arm_flags: dict  # arm -> its flags
+    tuned_arms: dict  # arm -> its flags, for the arms tuned (and those whose choice an ablation among arms takes)
+    tune: dict  # the grid (empty: no tuning)
+    extend: dict  # the progression of each axis the grid may grow along
+    arm_seeds: dict  # arm -> the seeds of its final runs
+    extra: list
+    jobs: int
+    report: bool
+    bench_reps: int
+    changes: list
+
+
+def plan(protocol, arms, *, seeds=None, tune_lr=None, no_tune=False, **how):
+    """The Plan of a comparison of arms (protocol's or methods'): seeds for every arm (default: the protocol's), the
+    lr multipliers tuned (default: the protocol's, its grid extended; given: these alone), no tuning at all."""
+    wanted = set(arms) | {protocol.tuned_like[arm] for arm in arms if arm in protocol.tuned_like}
+    tuned_arms = {arm: protocol.flags_of(arm) for arm in [*protocol.arms, *arms]
+                  if arm in wanted and (protocol.tuned_arms is None or arm in protocol.tuned_arms)}
+    tune = {} if no_tune else {**protocol.tune, **({'lr': tuple(tune_lr)} if tune_lr else {})}
+    return Plan(protocol=protocol, arms=arms, arm_flags={arm: protocol.flags_of(arm) for arm in arms},
+                tuned_arms=tuned_arms, tune=tune, extend=protocol.extend if not tune_lr else {},
+                arm_seeds={arm: seeds or list(protocol.seeds_of(arm)) for arm in arms}, **how)
+
+
+# ---- a protocol's runs as train.py flags: the settings, an arm's tuning grid, its choice, where the grid grows ----
+
+def flag(key):
+    """A setting's train.py flag: 'data_dir' -> '--data-dir'."""
+    return '--' + key.replace('_', '-')
+
+
+WHERE = ('out', 'data_dir')  # where a run and its data lie: a runs folder moves, the data is read from anywhere
+
+
+def identity(command):
+    """What a run computes: its train.py command less the WHERE flags (--out, --data-dir; a value runs to the next
+    flag)."""
+    return re.sub(f' (?:{"|".join(flag(k) for k in WHERE)}) .*?(?= --|$)', '', command)
+
+
+def train_argv(settings, arm_flags, seed, out, extra=()):
+    """train.py's arguments: the protocol's settings, then the arm's flags and --extra (of a repeated flag, argparse
+    keeps the last: a tuning run's --epochs 1 overrides the protocol's)."""
+    argv = [f for key, value in settings.items() if value is not False
+            for f in ((flag(key),) if value is True else (flag(key), str(value)))]
+    return argv + list(arm_flags) + ['--seed', str(seed), '--out', out] + list(extra)
+
+
+def grid(arm_flags, tune, settings, tune_flags=TUNE_FLAGS):
+    """The configurations tried for an arm: name -> (its flags, its point on the axes): lr multipliers x init scales
+    (multipliers of the method's init std, or values; only where the method has a random prompt factor); AutoVP: its
+    own search space, label mapping x image scale, as AutoVP searches. Also the flags every tuning run adds (its
+    validation images, no test image: tune_flags; fewer epochs if the protocol says so)."""
+    method = arm_flags[arm_flags.index('--method') + 1]
+    extra = list(tune_flags) + (['--epochs', str(tune['epochs'])] if 'epochs' in tune else [])
+    if method == 'autovp':
+        return {f'{lm} scale={s:.3f}': (['--label-map', lm, '--image-scale', f'{s:.6g}'], {})
+                for lm in AUTOVP_SEARCH['label_map'] for s in AUTOVP_SEARCH['image_scale']}, extra
+    init = default_init(arm_flags, settings) if 'init' in tune or 'init_std' in tune else None
+    inits = [(None, {})] if init is None else \
+        [(f'init x{k:g}', {'init': k}) for k in sorted(tune['init'])] if 'init' in tune else \
+        [(f'init {v:g}', {'init_std': v}) for v in tune['init_std']]
+    configs = {}
+    for lr in sorted(tune['lr']) if 'lr' in tune else (None,):
+        for label, point in inits:
+            name = ' '.join(x for x in (f'lr x{lr:g}' if lr is not None else None, label) if x) or 'the defaults'
+            std = init * point['init'] if 'init' in point else point.get('init_std')
+            configs[name] = ((['--lr-scale', f'{lr:g}'] if lr is not None else []) +
+                             (['--init-std', f'{std:.6g}'] if std is not None else []),
+                             {**point, **({'lr': lr} if lr is not None else {})})
+    return configs, extra
+
+
+def default_init(arm_flags, settings):
+    """The init std the arm's method gets by default (None: it has no random prompt factor)."""
+    argv = arm_flags + [f for k, v in settings.items() if k in ('model', 'img_size') for f in (flag(k), str(v))]
+    return resolve(parse([*argv, '--no-pretrained', '--device', 'cpu'])).init_std
+
+
+def edges(tuning, tune, extend):
+    """The edges of the grid that arms chose: [(axis, the edge, the next value of the protocol's progression beyond it
+    or None where the progression ends there, the arms whose choice lies on that edge)]."""
+    chosen = []
+    for axis, progression in extend.items():
+        values = sorted(tune.get(axis, ()))
+        if not values:
+            continue
+        for edge, beyond in ((values[0], [v for v in progression if v < values[0]][-1:]),
+                             (values[-1], [v for v in progression if v > values[-1]][:1])):
+            arms = [arm for arm, t in tuning.items() if t.get('point', {}).get(axis) == edge]
+            if arms:
+                chosen.append((axis, edge, beyond[0] if beyond else None, arms))
+    return chosen
+
+
+def choice(results, configs):
+    """An arm's tuning from the results of its configurations' runs (config -> a summary, {'diverged': True, ...},
+    pending or failed; configs: grid()'s): every configuration's validation accuracy or why it has none, the best on
+    the final epoch's validation accuracy (what the final runs report is the final epoch's; ties: the lower final
+    training loss), marked 'so far' while a run is pending, its flags and point, and the runs' wall time."""
+    tried = {c: r['final_val_acc'] if 'final_val_acc' in r else 'diverged' if r.get('diverged') else
+             'pending' if r.get('pending') else 'failed' for c, r in results.items()}
+    ok = {c: v for c, v in tried.items() if isinstance(v, float)}
+    best = max(ok, key=lambda c: (ok[c], -results[c]['train_loss'])) if ok else None
+    return dict(chosen=f'{best} so far' if 'pending' in tried.values() and best else best,
+                flags=configs[best][0] if best else [], point=configs[best][1] if best else {}, tried=tried,
+                wall_s=sum(r.get('wall_s') or 0.0 for r in results.values()))
+
+
+def grown(tune, tuning, extend):
+    """The grid after the arms' choices (tuning: arm -> choice()), and what is said of it: with a choice on an edge the
+    progression goes beyond, every such axis grows by its next value, for every arm; else None, and, once no run is
+    pending, a note of each choice left on an edge where the progression ends."""
+    chosen = edges(tuning, tune, extend)
+    grow = [(axis, beyond, arms) for axis, _, beyond, arms in chosen if beyond is not None]
+    finished = not any('pending' in t['tried'].values() for t in tuning.values())
+    ended = [(axis, edge, arms) for axis, edge, beyond, arms in chosen if beyond is None and finished]
+    if not grow:
+        return None, [f'{axis} axis not extended beyond x{edge:g}, the end of the protocol\'s progression: '
+                      f'{", ".join(arms)} chose that edge' for axis, edge, arms in ended]
+    tune = dict(tune)
+    for axis, value, _ in grow:  # an axis may grow at both ends
+        tune[axis] = tuple(sorted({*tune[axis], value}))
+    return tune, [f'{axis} axis extended to x{value:g} for every arm: {", ".join(arms)} chose its edge'
+                  for axis, value, arms in grow]
