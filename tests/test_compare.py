@@ -33,6 +33,7 @@ def results(tmp_path, name):
     return json.loads((tmp_path / 'results' / f'{name}.json').read_text())
 
 
+@pytest.mark.e2e
 def test_compare_writes_the_table_merges_subsets_and_skips_finished_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     rows = compare.main(['--protocol', 'offline-cifar10', '--tag', 't', '--methods', 'lp,lorvp', '--seeds', '0',
@@ -83,6 +84,7 @@ def test_compare_validates_its_arguments_before_anything_runs(tmp_path, monkeypa
     assert (tmp_path / 'afile').read_text() == 'x' and not (tmp_path / 'results').exists()
 
 
+@pytest.mark.e2e
 def test_failed_runs_make_a_nonzero_exit_naming_each_with_its_log(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     broken = [a if a != '--extra=--no-pretrained' else '--extra=--no-pretrained --rho 0.01' for a in TINY]
@@ -96,6 +98,7 @@ def test_failed_runs_make_a_nonzero_exit_naming_each_with_its_log(tmp_path, monk
     assert row['lp']['accs'] and not row['lotep_cp']['accs'] and row['lotep_cp']['failed']
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize('holder', ['train.py', 'comparison'])
 def test_a_run_another_process_owns_is_waited_for_not_failed(tmp_path, monkeypatch, capsys, holder):
     """A train.py of its own holds the run (its lock), or another comparison its launch lock (<run>.launch, held until
@@ -122,6 +125,7 @@ def test_a_run_another_process_owns_is_waited_for_not_failed(tmp_path, monkeypat
     assert seen == [held] and rows[0]['accs'] and not rows[0]['failed']
 
 
+@pytest.mark.e2e
 def test_two_comparisons_on_one_protocol_lose_no_row_and_run_a_shared_arm_once(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, 'tools', 'compare.py'), '--protocol', 'offline-cifar10', '--tag', 'two',
            '--seeds', '0', *TINY, '--no-tune']
@@ -137,6 +141,7 @@ def test_two_comparisons_on_one_protocol_lose_no_row_and_run_a_shared_arm_once(t
     assert printed.count('lorvp seed 0: running') == 1  # the other comparison waited, then read it back
 
 
+@pytest.mark.e2e
 def test_children_die_with_compare_even_by_sigkill(tmp_path):
     slow = [a if a != '1' else '50' for a in TINY]
     p = subprocess.Popen([sys.executable, os.path.join(ROOT, 'tools', 'compare.py'), '--protocol', 'offline-cifar10', '--tag',
@@ -158,6 +163,7 @@ def test_children_die_with_compare_even_by_sigkill(tmp_path):
     assert not alive() and not compare.RunDir(str(run_dir)).in_use()  # the orphan is gone, its run free
 
 
+@pytest.mark.e2e
 def test_jobs_side_by_side_give_the_sequential_results(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ['--protocol', 'offline-cifar10', '--methods', 'lotep_cp', '--seeds', '0,1', *TINY, '--no-tune']
@@ -170,6 +176,7 @@ def test_jobs_side_by_side_give_the_sequential_results(tmp_path, monkeypatch):
         assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+@pytest.mark.e2e
 def test_tuning_chooses_on_validation_the_same_grid_for_every_arm(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = ['--protocol', 'offline-tiny', '--tag', 'tune', '--methods', 'lorvp', '--seeds', '0',
@@ -283,6 +290,7 @@ def test_linear_cka_properties():
     assert cka.linear_cka(gram(X), gram(Y)) < 0.6
 
 
+@pytest.mark.e2e
 def test_cka_on_a_finished_run(tmp_path):
     args = ['--model', 'test_vit', '--no-pretrained', '--dataset', 'synthetic', '--img-size', '32', '--epochs', '1',
             '--batch-size', '16', '--lr', '0.5']
@@ -324,6 +332,7 @@ def test_cka_refuses_what_it_cannot_compare(tmp_path, capsys):
     assert json.loads((tmp_path / 'lorvp' / 'cka.json').read_text())['images'] == 8
 
 
+@pytest.mark.e2e
 def test_report_tables_the_finished_runs_and_starts_none(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tiny = dataclasses.replace(compare.PROTOCOLS['offline-tiny'], final_flags=('--val-split', '0.25'))
@@ -432,6 +441,7 @@ def test_a_choice_on_an_edge_extends_that_axis_for_every_arm():
     assert tables.merged_notes(earlier, now) == [earlier[1], now[0]]
 
 
+@pytest.mark.e2e
 def test_tuning_extends_the_grid_until_no_choice_lies_on_an_edge(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # a one-point grid: its choice lies on the lower edge, so the grid must grow (by x1, then maybe x0.3)
@@ -449,6 +459,7 @@ def test_tuning_extends_the_grid_until_no_choice_lies_on_an_edge(tmp_path, monke
                for _, edge, _, arms in chosen for arm in arms)  # a choice where the progression ends is said
 
 
+@pytest.mark.e2e
 def test_the_cost_columns_come_from_bench_once_per_arm(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     calls, measure = [], compare.bench.measure
@@ -468,6 +479,7 @@ def test_the_cost_columns_come_from_bench_once_per_arm(tmp_path, monkeypatch):
     assert cells[-4] == f'{cost["step_ratio"]:.3f}' and cost['trainable'] == saved['rows'][1]['params']
 
 
+@pytest.mark.e2e
 def test_runs_are_read_back_from_the_table_or_from_their_folder_moved_elsewhere(tmp_path, monkeypatch, capsys):
     """The table keeps each run's summary and command (and each tuning run's validation figures): a comparison whose
     run folders were deleted, or never copied to this machine, continues from the table and trains nothing again.

@@ -98,6 +98,7 @@ def test_val_split_selects_an_epoch(tmp_path):
     assert s['val_selected_test_acc'] == metrics(tmp_path)[s['val_selected_epoch'] - 1]['test_acc']
 
 
+@pytest.mark.e2e
 def test_resume_equals_an_uninterrupted_run_optimizer_state_included(tmp_path, monkeypatch):
     args = ['--method', 'lorsp_dropout', '--epochs', '3', '--lr', '0.05']  # momentum, and random dropout masks
     whole = run(tmp_path, *args, name='whole')
