@@ -251,7 +251,7 @@ class LoRA(nn.Module):
     Conv2dSame too). A (r, fan_in) ~ kaiming-uniform, B (rows, r) = 0, so the layer is unchanged at step 0.
     A grouped or depthwise conv's weight is (out, in / groups, k, k): its fan_in is (in / groups) k^2, and B A is a
     rank-r update of that grouped weight (mergeable; peft instead adds a dense conv A and a grouped conv B, refuses a
-    rank not divisible by groups, and cannot merge: README, Choices).
+    rank not divisible by groups, and cannot merge: docs/choices.md).
     parts: adapt only these row blocks of the weight, each with its own A and B. timm fuses q, k and v into one qkv
     Linear (rows [0, D), [D, 2D), [2D, 3D)); LoRA on q and v, as in peft on separate q / v layers, is parts=[q, v].
     The base layer runs once with the updated weight; merge_lora() writes W' into it for inference."""

@@ -7,7 +7,7 @@ backbone's normalization belongs to the model, after any input-space prompt (the
     x, y = splits.train[0]   # x: (3, 128, 128) float in [0, 1], y: int
 
 Where the data comes from:
-  cifar10-sample 1,500 real CIFAR-10 images shipped in sample/cifar10-sample.npz (sample/README.md): any machine, offline
+  cifar10-sample 1,500 real CIFAR-10 images shipped in sample/cifar10-sample.npz (sample/README.md), offline
   cifar10        <data_dir>/cifar10.npz (NPZ_FORMAT below), else torchvision's layout, else download
   tiny-imagenet  <data_dir>/tiny-imagenet-200/ (extracted), tiny-imagenet-200.zip or tiny-imagenet-200-subset.zip
                  (read inside the zip), else the CS231n archive is downloaded; the labelled val set is the test set
@@ -40,8 +40,9 @@ SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'sample', 'cif
 NPZ_FORMAT = ('x_train (N, H, W, 3) uint8, y_train (N,) labels 0..9, x_test, y_test, as numpy.savez writes them; '
               'class ids as in the CIFAR-10 release, 0 airplane ... 9 truck')
 CIFAR10_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
-NUM_CLASSES = {'cifar10': 10, 'cifar10-sample': 10, 'cifar100': 100, 'tiny-imagenet': 200, 'eurosat': 10, 'oxford-pets': 37,
-               'food101': 101, 'dtd': 47, 'flowers102': 102, 'svhn': 10, 'gtsrb': 43, 'synthetic': 10}
+NUM_CLASSES = {'cifar10': 10, 'cifar10-sample': 10, 'cifar100': 100, 'tiny-imagenet': 200, 'eurosat': 10,
+               'oxford-pets': 37, 'food101': 101, 'dtd': 47, 'flowers102': 102, 'svhn': 10, 'gtsrb': 43,
+               'synthetic': 10}
 # The 19 tasks of VTAB-1k as the processed releases name them: group, number of classes
 VTAB_1K = {'cifar': ('Natural', 100), 'caltech101': ('Natural', 102), 'dtd': ('Natural', 47),
            'oxford_flowers102': ('Natural', 102), 'oxford_iiit_pet': ('Natural', 37), 'svhn': ('Natural', 10),
@@ -389,8 +390,8 @@ def _vtab(task, data_dir, splits):
     """A processed VTAB-1k task: the split files of `splits` ('final' or 'tune')."""
     root = os.path.join(data_dir, task)
     if not os.path.isdir(root):
-        raise DataError(f'{root}: no such folder; --data-dir is the folder of the processed VTAB-1k tasks (README, '
-                        f'VTAB-1k), each task in its own folder')
+        raise DataError(f'{root}: no such folder; --data-dir is the folder of the processed VTAB-1k tasks '
+                        f'(docs/usage.md, VTAB-1k), each task in its own folder')
     train, val, test = (FileImages(*_split_file(os.path.join(root, f), root, VTAB_1K[task][1])) if f else None
                         for f in VTAB_FILES[splits])
     return train, test, val

@@ -110,9 +110,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--no-pretrained', action='store_true', help='random backbone weights, on purpose')
     p.add_argument('--precision', choices=['fp32', 'bf16'], help='bf16 autocast or fp32 (default: bf16 on CUDA, fp32 '
                                                                  'on a CPU, whatever its instructions)')
-    p.add_argument('--compile', action='store_true', help='torch.compile the LoRSP prompt (README, Speed)')
+    p.add_argument('--compile', action='store_true', help='torch.compile the LoRSP prompt (docs/speed.md)')
     p.add_argument('--channels-last', action='store_true', help='the backbone and its input in channels-last memory '
-                   'order: faster convolutions (1.4x a Lite0 step on a CPU), the same maths (README, Speed)')
+                   'order: faster convolutions (1.4x a Lite0 step on a CPU), the same maths (docs/speed.md)')
     p.add_argument('--device', type=device_name, default='auto', help='auto (cuda if there is one), cpu, cuda:N')
     p.add_argument('--workers', type=NONNEG_INT, help='DataLoader workers (default 0 on cpu, 8 on cuda)')
     p.add_argument('--out', help='run directory (default: runs/<method>-<model>-<dataset>-s<seed>-<hash of the '
@@ -143,7 +143,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument('--eq9', default='mean', choices=['mean', *lorsp.EQ9], help='how spikes gate the factors')
     g.add_argument('--orientation', default='cols', choices=['cols', 'rows'], help='Eq. (5): P = B A^T (cols) or its '
                    'transpose')
-    g.add_argument('--surrogate', default='sigmoid', choices=['sigmoid', 'atan'], help='the spike\'s surrogate gradient')
+    g.add_argument('--surrogate', default='sigmoid', choices=['sigmoid', 'atan'],
+                   help='the spike\'s surrogate gradient')
     g.add_argument('--save-prompts', type=NONNEG_INT, default=0, help='K: PNGs of K test prompts, factor correlations')
     g = p.add_argument_group('baselines')
     g.add_argument('--label-map', choices=['lp', 'fm', 'ilm', 'flm', 'freq', 'iter', 'mode'],

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 # Std of the random spatial factors (b, c of CP; V, W of Tucker). The paper says only "randomly initialized"; the
-# value is chosen on a validation split (README, Choices). train.py uses this same constant.
+# value is chosen on a validation split (docs/choices.md). train.py uses this same constant.
 INIT_STD = 0.3
 
 # ---- Eq. (8): prompting depth and rank schedule ----

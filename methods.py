@@ -89,7 +89,7 @@ def build_lorsp(a, K, *, mode):
     prompt = lorsp.LoRSP(size=a.img_size, factors=a.factors, rank=a.rank, tau=a.tau, v_th=a.v_th, v_reset=a.v_reset,
                          mode=mode, sparsity=a.sparsity, combine=a.eq9, orientation=a.orientation,
                          surrogate=a.surrogate, init_std=a.init_std)
-    if a.compile:  # speed only, opt-in: torch.compile of the same readable Eqs. (4)-(9) (fused loops; README, Speed)
+    if a.compile:  # speed only, opt-in: torch.compile of the same readable Eqs. (4)-(9) (fused loops; docs/speed.md)
         prompt.compile()  # nn.Module.compile: forward runs compiled, the module and its state_dict unchanged
     return assemble(a, K, prompt=prompt)
 

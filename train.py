@@ -133,7 +133,7 @@ def train_epoch(a, net, opt, dl, epoch, K, state):
         for g in opt.param_groups:
             g['lr'] = g['base_lr'] * lr_factor(a, epoch * steps + i, total, steps)
         x, y = x.to(a.device, non_blocking=True), y.to(a.device, non_blocking=True)
-        with autocast(a):
+        with autocast(a):  # the step: forward, loss, backward, update
             logits = ddp(x)
         w, scale, n = dl.batch_sampler.weights(i)  # distributed.py: this process's share of the global batch
         loss_sum = F.cross_entropy(logits.float(), y, reduction='sum') * w

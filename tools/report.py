@@ -17,6 +17,8 @@ class Progress:
     def __init__(self, total, label, *, show=True):
         self.total, self.label, self.t0, self.shown, self.show = total, label, time.time(), -math.inf, show
         self.tty, self.every = sys.stderr.isatty(), 1.0 if sys.stderr.isatty() else 10.0
+        if show:  # at once: the first step may take a while (a CPU at a large image size, a GPU's warm-up)
+            print(f'{label} [{" " * 20}] 0/{total}', end='\r' if self.tty else '\n', file=sys.stderr, flush=True)
 
     def due(self, i):
         return self.show and (i == self.total or i == 1 or time.time() - self.shown >= self.every)
@@ -69,8 +71,8 @@ def finish(a, model, splits, run, history, train_time, images_seen, trainable):
         from tools.figures import lorsp_figures
         images = torch.stack([splits.test[i][0] for i in range(min(a.save_prompts, len(splits.test)))])
         summary['figures'] = lorsp_figures(model.prompt, images.to(a.device), run.path)
-    summary['predict'] = (f'python tools/predict.py --prompt {summary["prompt_file"]} --dataset {a.dataset} '
-                          f'--data-dir {a.data_dir}')
+    where = '' if a.dataset == 'cifar10-sample' else f' --data-dir {a.data_dir}'  # the sample needs no folder
+    summary['predict'] = f'python tools/predict.py --prompt {summary["prompt_file"]} --dataset {a.dataset}{where}'
     run.write_json('summary.json', summary)
     print_summary(summary, run)
     return summary
