@@ -85,9 +85,9 @@ BUGS = {
     'nccl group only': ('distributed.py', "return 'cpu:gloo,cuda:nccl' if cuda else 'gloo'",
                         "return 'nccl' if cuda else 'gloo'", 'tests/test_train.py -k group'),
     'bench before saving the prompt file': (
-        'train.py', "    summary['prompt_file'] = save_prompt(",
-        "    __import__('bench').train_step(a, model, torch.rand(4, 3, a.img_size, a.img_size, device=a.device), "
-        "torch.zeros(4, dtype=torch.long, device=a.device))\n    summary['prompt_file'] = save_prompt(",
+        'tools/report.py', "    summary['prompt_file'] = save_prompt(",
+        "    __import__('tools.bench', fromlist=['bench']).train_step(a, model, torch.rand(4, 3, a.img_size, a.img_size, "
+        "device=a.device), torch.zeros(4, dtype=torch.long, device=a.device))\n    summary['prompt_file'] = save_prompt(",
         'tests/test_train.py -k prompt_file'),
     'deep prompt hook keeps a batch-sized tensor': (
         'lotep.py', 'return (x + self.prompts.prompt(self.l).to(x.dtype),)',
