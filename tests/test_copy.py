@@ -37,7 +37,7 @@ def test_a_copied_module_runs_its_docstring_on_plain_timm_models(tmp_path, modul
     assert len(lines) >= 3, lines
     script = '\n'.join(['import sys, timm, torch, torchvision', f'from {module} import *',
                         'x = torch.rand(2, 3, 224, 224)', *lines,
-                        f'assert not any(m in sys.modules for m in ("train", "methods", "backbones", "data"))',
+                        'assert not any(m in sys.modules for m in ("train", "methods", "backbones", "data"))',
                         'print("ran", len(logits) if "logits" in dir() else "")'])
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
     p = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, env=env, capture_output=True, text=True,

@@ -10,7 +10,6 @@ final runs use the protocol's seeds. After the protocols, what a comparison of s
 and how it becomes train.py runs: train_argv (one run's flags), identity (what a run computes), grid (the configurations
 an arm tries), choice (the one it keeps) and grown (the grid extended where a choice lies on its edge).
 """
-import os
 import re
 from dataclasses import dataclass, field
 
