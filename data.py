@@ -22,6 +22,7 @@ Where the data comes from:
   fgvc:<task>    an FGVC task (FGVC below) in VPT's json splits: <data_dir>/{train,val,test}.json and its images;
                  'final' trains on train + val and tests on test; 'tune' trains on train and validates on val
 """
+import codecs
 import io
 import json
 import os
@@ -104,7 +105,47 @@ class Splits:
     classes: list = None  # class names, where the data set has them
 
 
-# ---- image sources: each returns (uint8 image (3, h, w), label) and exposes .labels ----
+# ---- pixels: every image mode as the picture a person sees ----
+
+WIDE = ('I;16', 'I;16L', 'I;16B', 'I;16N')  # 16-bit greyscale (PNG, TIFF from microscopes, scanners, satellites)
+EIGHT_BIT = ('1', 'L', 'P', 'RGB', 'RGBX', 'CMYK', 'YCbCr')  # PIL converts these to RGB exactly
+
+
+def pixels(image, where):
+    """A PIL image as a (3, h, w) tensor of the picture an image viewer shows: uint8 for 8-bit modes, float in [0, 1]
+    for 16-bit (value / 65535) and float (values already in [0, 1]) images, grey repeated on the 3 channels.
+    EXIF orientation is applied as viewers do; transparent pixels are composited onto white. PIL's convert('RGB')
+    would clip a 16-bit image to white and a float one to black. A mode with no meaningful scaling is refused."""
+    from PIL import ImageOps
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in WIDE or mode in ('I', 'F'):
+        x = np.asarray(image)
+        if mode == 'F':  # a float image: values must already be intensities in [0, 1]
+            lo, hi = float(x.min()), float(x.max())
+            if not (np.isfinite(x).all() and 0.0 <= lo and hi <= 1.0):
+                raise DataError(f'{where}: a float (mode F) image with values in [{lo:g}, {hi:g}]; only [0, 1] has a '
+                                f'meaning as intensities: rescale it to [0, 1], or save it as an 8- or 16-bit image')
+            grey = torch.from_numpy(x.astype(np.float32))
+        else:  # 16-bit, and mode I (32-bit integers; PIL reads some 16-bit files so) when its values fit 16 bits
+            if mode == 'I' and (x.min() < 0 or x.max() > 65535):
+                raise DataError(f'{where}: a 32-bit integer (mode I) image with values in [{x.min()}, {x.max()}]; '
+                                f'no bit depth says what is white: save it as an 8- or 16-bit image')
+            grey = torch.from_numpy(x.astype(np.float32) / 65535)
+        return grey.expand(3, *grey.shape).contiguous()  # (h, w) -> (3, h, w)
+    if mode in ('LA', 'La', 'PA', 'RGBA', 'RGBa') or 'transparency' in image.info:  # alpha, or a transparent colour
+        rgba = torch.from_numpy(np.array(image.convert('RGBA'))).permute(2, 0, 1).float()  # (4, h, w)
+        alpha = rgba[3:] / 255
+        # over white: c = alpha c_image + (1 - alpha) 255
+        return (alpha * rgba[:3] + (1 - alpha) * 255).round().byte()
+    if mode not in EIGHT_BIT:
+        raise DataError(f'{where}: image mode {mode} is not read here (8-bit, 16-bit or float greyscale, palette, '
+                        f'RGB(A), CMYK, YCbCr are); save it as RGB')
+    return torch.from_numpy(np.array(image.convert('RGB'))).permute(2, 0, 1).contiguous()  # (h, w, 3) -> (3, h, w)
+
+
+# ---- image sources: each returns (image (3, h, w): uint8, or float in [0, 1] for 16-bit and float images,
+#      label) and exposes .labels ----
 
 class ArrayImages(Dataset):
     """Images held in memory as a uint8 NHWC array (CIFAR-10 from its .npz, synthetic data)."""
@@ -129,31 +170,44 @@ class FileImages(Dataset):
     def __len__(self):
         return len(self.labels)
 
-    def _read(self, name):
-        if self.zip_path is None:
-            with open(name, 'rb') as f:
-                return f.read()
-        if self._pid != os.getpid():
-            self._zip, self._pid = zipfile.ZipFile(self.zip_path), os.getpid()
-        return self._zip.read(name)
+    def _where(self, i):
+        return f'{self.zip_path}: {self.files[i]}' if self.zip_path else self.files[i]
 
-    def image(self, i, decode=True):
+    def _read(self, i):
+        try:
+            if self.zip_path is None:
+                with open(self.files[i], 'rb') as f:
+                    return f.read()
+            if self._pid != os.getpid():
+                self._zip, self._pid = zipfile.ZipFile(self.zip_path), os.getpid()
+            return self._zip.read(self.files[i])
+        except OSError as e:
+            raise DataError(f'{self._where(i)}: cannot be read ({_first_line(e)})') from None
+
+    def _decode(self, i, raw):
         from PIL import Image
         try:
-            image = Image.open(io.BytesIO(self._read(self.files[i])))
-            return image.convert('RGB') if decode else image.verify()
+            with Image.open(io.BytesIO(raw)) as image:
+                image.load()  # every pixel decoded: a truncated JPEG fails here
+                return pixels(image, self._where(i))
+        except DataError:
+            raise
         except Exception as e:
-            where = f'{self.zip_path}: {self.files[i]}' if self.zip_path else self.files[i]
-            raise DataError(f'{where}: cannot be read as an image ({type(e).__name__}: {_first_line(e)}); '
+            raise DataError(f'{self._where(i)}: cannot be read as an image ({type(e).__name__}: {_first_line(e)}); '
                             f'replace the file, or the archive') from None
 
-    def verify(self, indices):
-        """Every file is there and is an image (PIL's structural check, without decoding the pixels)."""
-        for i in indices:
-            self.image(i, decode=False)
+    def verify(self, indices, chunk=256):
+        """Every image the run will use decodes in full, and its mode reads (pixels): an error at load, not in
+        epoch 2. Files are read here, decoded by a pool of threads (PIL lets go of the GIL while decoding)."""
+        from concurrent.futures import ThreadPoolExecutor
+        indices = list(indices)
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            for start in range(0, len(indices), chunk):
+                part = indices[start:start + chunk]
+                list(pool.map(self._decode, part, [self._read(i) for i in part]))
 
     def __getitem__(self, i):
-        return TF.pil_to_tensor(self.image(i)), self.labels[i]
+        return self._decode(i, self._read(i)), self.labels[i]
 
 
 class TorchvisionImages(Dataset):
@@ -172,17 +226,23 @@ class TorchvisionImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
+        where = f'{type(self.ds).__name__} in {self.ds.root}: image {i}'
         try:
             image, y = self.ds[i]
-            image = image.convert('RGB')
         except Exception as e:
-            raise DataError(f'{type(self.ds).__name__} in {self.ds.root}: image {i} cannot be read '
-                            f'({type(e).__name__}: {_first_line(e)})') from None
-        return TF.pil_to_tensor(image), int(y)
+            raise DataError(f'{where} cannot be read ({type(e).__name__}: {_first_line(e)})') from None
+        return pixels(image, where), int(y)
+
+
+def resize(image, size):
+    """(3, h, w) uint8, or float in [0, 1] -> float (3, size, size) in [0, 1]: bilinear with antialiasing, no crop."""
+    if image.shape[-2:] != (size, size):
+        image = TF.resize(image, [size, size], antialias=True)
+    return image.float().div_(255) if image.dtype == torch.uint8 else image
 
 
 class Resized(Dataset):
-    """uint8 (3, h, w) -> float (3, S, S) in [0, 1]: bilinear resize with antialiasing, no crop, no flip."""
+    """A source's images at one square size (resize), no crop, no flip: (x (3, S, S) float in [0, 1], label)."""
 
     def __init__(self, base: Dataset, size: int):
         self.base, self.size = base, size
@@ -192,9 +252,7 @@ class Resized(Dataset):
 
     def __getitem__(self, i):
         image, y = self.base[i]
-        if image.shape[-2:] != (self.size, self.size):
-            image = TF.resize(image, [self.size, self.size], antialias=True)
-        return image.float().div_(255), y
+        return resize(image, self.size), y
 
 
 # ---- loaders by name: each returns (train source, test source) ----
@@ -360,27 +418,41 @@ def _folder(data_dir):
     return splits['train'], splits['test'], splits['val']
 
 
+def read_text(path):
+    """A text file as editors write it: UTF-8 with or without a byte-order mark (Notepad writes one), or UTF-16 with
+    its mark; any other encoding is named with the line of its first byte that is not UTF-8."""
+    with open(path, 'rb') as f:
+        raw = f.read()
+    try:
+        if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return raw.decode('utf-16')
+        return raw.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b'\n') + 1
+        raise DataError(f'{path}, line {line}: byte 0x{raw[e.start]:02x} is not {e.encoding[:6].upper()} (saved as '
+                        f'Latin-1 or Windows-1252?); save the file as UTF-8') from None
+
+
 def _split_file(path, root, K):
     """(files, labels) from a split file of 'relative/path label' lines; a bad line is named with its number."""
     if not os.path.isfile(path):
         raise DataError(f'{path}: missing; a processed VTAB-1k task folder holds train800.txt, val200.txt, '
                         f'train800val200.txt and test.txt beside its images')
     files, labels = [], []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rsplit(maxsplit=1)
-            if len(parts) != 2 or not parts[1].lstrip('-').isdigit():
-                raise DataError(f'{path}, line {i}: expected "relative/path label", got {line.strip()[:80]!r}')
-            label = int(parts[1])
-            if not 0 <= label < K:
-                raise DataError(f'{path}, line {i}: label {label} is out of range for this task\'s {K} classes')
-            image = os.path.join(root, parts[0])
-            if not os.path.isfile(image):
-                raise DataError(f'{path}, line {i}: {parts[0]}: no such image in {root}')
-            files.append(image)
-            labels.append(label)
+    for i, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].lstrip('-').isdigit():
+            raise DataError(f'{path}, line {i}: expected "relative/path label", got {line.strip()[:80]!r}')
+        label = int(parts[1])
+        if not 0 <= label < K:
+            raise DataError(f'{path}, line {i}: label {label} is out of range for this task\'s {K} classes')
+        image = os.path.join(root, parts[0])
+        if not os.path.isfile(image):
+            raise DataError(f'{path}, line {i}: {parts[0]}: no such image in {root}')
+        files.append(image)
+        labels.append(label)
     if not files:
         raise DataError(f'{path}: lists no image')
     return files, labels
@@ -397,10 +469,29 @@ def _vtab(task, data_dir, splits):
     return train, test, val
 
 
+def _fgvc_ids(read, data_dir):
+    """The class ids of VPT's json files, one kind throughout (integers, or strings), sorted (integer-like strings
+    by their value, so '2' comes before '10'); a label of another kind is named with its file and key."""
+    kinds = {}
+    for split, pairs in read.items():
+        for image, c in pairs.items():
+            kind = 'integer' if isinstance(c, int) and not isinstance(c, bool) else 'string' if isinstance(c, str) \
+                else None
+            if kind is None or (kinds and kind not in kinds):
+                expected = f'a {next(iter(kinds))} like the others' if kinds else 'an integer or a string'
+                raise DataError(f'{os.path.join(data_dir, split + ".json")}: {image!r}: class id {json.dumps(c)}, '
+                                f'expected {expected}')
+            kinds.setdefault(kind, (split, image))
+    ids = {c for pairs in read.values() for c in pairs.values()}
+    numeric = all(isinstance(c, int) or c.strip().lstrip('-').isdigit() for c in ids)
+    return sorted(ids, key=lambda c: (int(c), str(c)) if numeric else c)
+
+
 def _fgvc(task, data_dir, splits):
     """An FGVC task in VPT's json splits: tune trains on train.json and validates on val.json; final trains on both
     (the official training images) and tests on test.json. Class ids become labels 0..K-1 in sorted order, one
-    mapping for every split (VPT maps each split's own ids: a split lacking a class would shift its labels)."""
+    mapping for every split (VPT maps each split's own ids: a split lacking a class would shift its labels); the
+    ids themselves are the class names, as the json files spell them."""
     K, images = FGVC[task]
     read = {}
     for split in ('train', 'val', 'test'):
@@ -409,13 +500,12 @@ def _fgvc(task, data_dir, splits):
             raise DataError(f'{path}: missing; an FGVC task folder holds VPT\'s train.json, val.json and test.json '
                             f'({{image path: class id}}) beside its images')
         try:
-            with open(path) as f:
-                read[split] = json.load(f)
-        except (ValueError, UnicodeDecodeError) as e:
+            read[split] = json.loads(read_text(path))
+        except ValueError as e:
             raise DataError(f'{path}: not JSON ({_first_line(e)})') from None
         if not isinstance(read[split], dict) or not read[split]:
             raise DataError(f'{path}: expected a non-empty {{image path: class id}} object')
-    ids = sorted({c for split in read.values() for c in split.values()})
+    ids = _fgvc_ids(read, data_dir)
     if len(ids) != K:
         raise DataError(f'{data_dir}: its json files name {len(ids)} classes; fgvc:{task} has {K}')
     label = {c: i for i, c in enumerate(ids)}
@@ -430,9 +520,9 @@ def _fgvc(task, data_dir, splits):
                 files.append(os.path.join(root, image))
                 labels.append(label[c])
         return FileImages(files, labels)
-    if splits == 'tune':
-        return split_of('train'), split_of('test'), split_of('val')
-    return split_of('train', 'val'), split_of('test'), None
+    train = split_of('train') if splits == 'tune' else split_of('train', 'val')
+    train.classes = [str(c) for c in ids]
+    return train, split_of('test'), split_of('val') if splits == 'tune' else None
 
 
 def synthetic(num_classes=10, train_per_class=60, test_per_class=20, size=32, seed=0):

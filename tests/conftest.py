@@ -1,10 +1,22 @@
 """Shared test helpers. Tests run on the CPU, without network; real data comes from ../shared/data when present."""
 import os
+import platform
 import socket
 import sys
 
-import pytest
-import torch
+# The suite computes the same on every CPU it meets: 2 threads, here and in the processes it starts (train.py,
+# torchrun, compare's runs inherit the environment), and on x86 the AVX2 kernels of ATen and oneDNN, which every x86
+# CPU here has, whatever it has besides (AVX512-BF16, AMX). Set before torch is imported; the precision is each
+# test's own flag (train.py's default is fp32 on every CPU).
+THREADS = 2
+os.environ.update(OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
+if platform.machine().lower() in ('x86_64', 'amd64'):
+    os.environ.update(ATEN_CPU_CAPABILITY='avx2', ONEDNN_MAX_CPU_ISA='AVX2')
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(THREADS)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)

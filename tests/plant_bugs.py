@@ -148,6 +148,26 @@ BUGS = {
                                                     'tests/test_train.py -k resume_refuses'),
     'progress counts every tuning run as left': ('tools/tables.py', "tune_left = tried.count('pending')",
                                                  'tune_left = len(tried)', 'tests/test_compare.py -k report_tables'),
+    '16-bit image clipped to white': ('data.py', "WIDE = ('I;16', 'I;16L', 'I;16B', 'I;16N')", "WIDE = ()",
+                                      'tests/test_own_data.py -k viewer'),
+    'transparency dropped, not composited': (
+        'data.py', "    if mode in ('LA', 'La', 'PA', 'RGBA', 'RGBa') or 'transparency' in image.info:",
+        '    if False:', 'tests/test_own_data.py -k viewer'),
+    'exif orientation ignored': ('data.py', '    image = ImageOps.exif_transpose(image)\n', '',
+                                 'tests/test_own_data.py -k exif'),
+    'images not decoded at load': ('data.py', '                list(pool.map(self._decode, part, [self._read(i) for i in part]))',
+                                   '                pass', 'tests/test_own_data.py -k truncated'),
+    'a byte-order mark kept': ('data.py', "        return raw.decode('utf-8-sig')", "        return raw.decode('utf-8')",
+                               'tests/test_own_data.py -k editor'),
+    'fgvc names the sorted index': ('data.py', '    train.classes = [str(c) for c in ids]\n', '',
+                                    'tests/test_own_data.py -k json_ids'),
+    'fgvc string ids sorted as text': ('data.py', "    return sorted(ids, key=lambda c: (int(c), str(c)) if numeric else c)",
+                                       "    return sorted(ids, key=str)", 'tests/test_own_data.py -k json_ids'),
+    'predict folder classes not matched by name': (
+        'tools/predict.py', '    if list(classes) == list(trained):', '    if True:',
+        'tests/test_own_data.py -k by_name'),
+    'summary not checked against its metrics': ('tools/compare.py', '    if differ:', '    if False:',
+                                                'tests/test_own_data.py -k damaged'),
 }
 
 

@@ -105,6 +105,19 @@ def test_the_default_precision_on_a_cpu_is_fp32_whatever_its_instructions(monkey
     assert train.resolve(flags.parse(['--method', 'lp', '--device', 'cpu', '--precision', 'bf16'])).precision == 'bf16'
 
 
+
+def test_the_suite_runs_on_the_same_kernels_and_threads_on_every_cpu():
+    """conftest pins them for this process and for every process a test starts."""
+    import platform
+    import subprocess
+    import sys
+    probe = 'import torch; print(torch.backends.cpu.get_cpu_capability(), torch.get_num_threads())'
+    here = f'{torch.backends.cpu.get_cpu_capability()} {torch.get_num_threads()}'
+    child = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert here == child and here.endswith(' 2')
+    if platform.machine().lower() in ('x86_64', 'amd64'):
+        assert here.startswith('AVX2 ')
+
 # ---- --help ----
 
 def test_help_shows_every_default():

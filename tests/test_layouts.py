@@ -142,7 +142,7 @@ def test_every_bad_vtab_task_is_one_message_naming_the_file_and_line(made, tmp_p
 
 def test_train_and_predict_on_a_folder_name_its_classes(made, tmp_path, capsys):
     s = train.main(['--method', 'lorvp', '--model', 'test_vit', '--no-pretrained', '--dataset', 'folder', '--data-dir',
-                    made['folder'], '--img-size', '32', '--epochs', '1', '--out', str(tmp_path / 'r')])
+                    made['folder'], '--img-size', '32', '--epochs', '1', '--precision', 'fp32', '--out', str(tmp_path / 'r')])
     config = (tmp_path / 'r' / 'config.json').read_text()
     assert '"classes": [\n  "airplane"' in config and s['val_acc'] is not None  # val/ is the validation split
     image = os.path.join(made['folder'], 'test', 'bird', '0.png')

@@ -25,6 +25,7 @@ import ctypes
 import fcntl
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -41,7 +42,7 @@ import train
 from flags import NONNEG_INT, POS, POS_INT, parse
 from methods import METHODS
 from tools.protocols import PROTOCOLS, WHERE, choice, flag, grid, grown, identity, plan, train_argv
-from tools.rundir import RunDir
+from tools.rundir import RunDir, RunDirError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project root, where train.py is
 FLAGS = ('model', 'dataset', 'data_dir', 'train_per_class', 'test_limit', 'img_size', 'epochs', 'batch_size',
@@ -55,6 +56,41 @@ def read_json(path, default=None):
         return default
     with open(path) as f:
         return json.load(f)
+
+
+def read_summary(out, wall_s):
+    """A finished run's summary.json (+ its wall time), checked: JSON, every number finite, a test accuracy in
+    [0, 100], and the figures its metrics.jsonl holds for the last epoch the same. A damaged one is a failed job
+    naming the file and what is wrong: its row says so, the table's other rows are as they were."""
+    path = os.path.join(out, 'summary.json')
+
+    def damaged(what):
+        print(f'{path}: damaged ({what}); remove {out} to run it again', file=sys.stderr, flush=True)
+        return {'failed': f'{path} is damaged: {what}', 'log': path}
+    try:
+        s = read_json(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        return damaged(f'not JSON: {e}')
+    if not isinstance(s, dict):
+        return damaged('not a JSON object')
+    odd = [k for k, v in s.items() if isinstance(v, float) and not math.isfinite(v)]
+    if odd:
+        return damaged(f'{", ".join(odd)} not a finite number')
+    acc = s.get('test_acc')
+    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 100:
+        return damaged(f'test_acc is {json.dumps(acc)}, not an accuracy in [0, 100]' if 'test_acc' in s else
+                       'no test_acc')
+    try:
+        last = (RunDir(out).read_metrics() or [{}])[-1]
+    except RunDirError as e:
+        return damaged(f'its metrics cannot be read: {e}')
+    pairs = (('test_acc', 'test_acc'), ('train_loss', 'train_loss'), ('final_val_acc', 'val_acc'))  # summary, epoch
+    differ = [k for k, m in pairs if k in s and m in last and s[k] != last[m]]
+    if last and s.get('epochs') != last.get('epoch', -1) + 1:  # epochs are counted from 0 there
+        differ.append('epochs')
+    if differ:
+        return damaged(f'{", ".join(differ)} differ from the last epoch in {os.path.join(out, "metrics.jsonl")}')
+    return {**s, 'wall_s': wall_s}
 
 
 @dataclass(kw_only=True)
@@ -119,7 +155,7 @@ def done_before(job):
         return {'diverged': True, 'log': job.out + '.log'}
     if os.path.exists(summary):
         print(f'{job.label}: done before, read back', flush=True)
-        return {**read_json(summary), 'wall_s': read_json(job.out + '.wall.json', {}).get('wall_s')}
+        return read_summary(job.out, read_json(job.out + '.wall.json', {}).get('wall_s'))
     return None
 
 
@@ -160,7 +196,7 @@ def finish(job, proc):
     with open(log) as f:  # train.py's error line where the loss was NaN or exploded (check_loss; it exits 3)
         exploded = [line for line in f if line.startswith('error: the loss ')] if proc.returncode == 3 else []
     if proc.returncode == 0:
-        job.result = {**read_json(os.path.join(job.out, 'summary.json')), 'wall_s': wall_s}
+        job.result = read_summary(job.out, wall_s)
     elif exploded:
         job.result = {'diverged': True, 'log': log}  # a result of its settings, not a failure of the comparison
         with open(job.out + '.diverged', 'w') as f:  # kept: a later comparison reads it back, not runs it again

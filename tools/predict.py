@@ -18,7 +18,6 @@ import sys
 
 import torch
 from torch.utils.data import Dataset
-from torchvision.transforms.v2 import functional as TF
 
 if __name__ == '__main__':  # python tools/predict.py from the project root: the project's modules come from there
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,11 +39,15 @@ class Images(Dataset):
     def __getitem__(self, i):
         from PIL import Image
         try:
-            image = TF.pil_to_tensor(Image.open(self.paths[i]).convert('RGB'))
+            with Image.open(self.paths[i]) as image:
+                image.load()
+                x = data.pixels(image, self.paths[i])  # as in training: every mode, EXIF orientation, transparency
+        except data.DataError:
+            raise
         except Exception as e:
             raise data.DataError(f'{self.paths[i]}: cannot be read as an image ({type(e).__name__}: '
                                  f'{str(e).strip().splitlines()[0][:100]})') from None
-        return TF.resize(image, [self.size, self.size], antialias=True).float().div_(255)
+        return data.resize(x, self.size)  # the training resize
 
 
 def expand(inputs, tasks):
@@ -109,11 +112,37 @@ def evaluate(a):
     splits = data.load(a.dataset, data_dir=a.data_dir or args.data_dir, img_size=args.img_size, seed=args.seed,
                        train_per_class=1, test_limit=limit, splits=args.splits)
     args.workers = a.workers
-    acc, _ = train.evaluate(model, splits.test, args)
+    acc, _ = train.evaluate(model, by_name(splits.test, splits.classes, meta['classes'], a.prompt[0]), args)
     reported = f' (the run reported {meta["test_acc"]:.2f}%)' if meta.get('test_acc') is not None else ''
     print(f'{meta["method"]} on {meta["model"]}: test acc {acc:.2f}% on {len(splits.test)} {a.dataset} test '
           f'images{reported}')
     return acc
+
+
+class Relabelled(Dataset):
+    """A data set's images with each label moved to the prompt file's index of the same class name."""
+
+    def __init__(self, ds, index):
+        self.ds, self.index = ds, index
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        x, y = self.ds[i]
+        return x, self.index[y]
+
+
+def by_name(test, classes, trained, prompt):
+    """The test images labelled by the prompt file's classes, matched by name (a folder's classes may be others, or
+    in another order); a class the prompt was not trained on is refused, both lists named."""
+    if list(classes) == list(trained):
+        return test
+    unknown = [c for c in classes if c not in trained]
+    if unknown:
+        raise PromptFileError(f'--prompt {prompt}: the data names class(es) {", ".join(unknown)} that it was not '
+                              f'trained on; its classes: {", ".join(trained)}; the data\'s: {", ".join(classes)}')
+    return Relabelled(test, [trained.index(c) for c in classes])
 
 
 @torch.no_grad()
