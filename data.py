@@ -21,13 +21,23 @@ Where the data comes from:
                  trains on train800val200 and tests on test; splits='tune' trains on train800 and validates on val200
   fgvc:<task>    an FGVC task (FGVC below) in VPT's json splits: <data_dir>/{train,val,test}.json and its images;
                  'final' trains on train + val and tests on test; 'tune' trains on train and validates on val
+  imagenet       ImageNet-1K: <data_dir>/train/<wnid>/* and <data_dir>/val/<wnid>/* (val is the test set), or
+                 torchvision's ImageNet root (the devkit and the two archives, unpacked into that layout on first use)
+  imagenet-r, imagenet-a, imagenet-sketch
+                 test sets of wnid folders (200, 200, 1000 classes): <data_dir>/<wnid>/*, as released
+  imagenet-v2    a test set of folders named by class index: <data_dir>/0/* ... <data_dir>/999/* (any variant)
+                 Labels of the ImageNet family are the standard 1000-class index of the wnid (timm's list; R and A:
+                 the position among their 200), whatever folders a copy holds and in whatever order.
 """
 import codecs
 import io
 import json
 import os
 import pathlib
+import pkgutil
+import re
 import shutil
+import time
 import zipfile
 from dataclasses import dataclass
 
@@ -43,7 +53,12 @@ NPZ_FORMAT = ('x_train (N, H, W, 3) uint8, y_train (N,) labels 0..9, x_test, y_t
 CIFAR10_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
 NUM_CLASSES = {'cifar10': 10, 'cifar10-sample': 10, 'cifar100': 100, 'tiny-imagenet': 200, 'eurosat': 10,
                'oxford-pets': 37, 'food101': 101, 'dtd': 47, 'flowers102': 102, 'svhn': 10, 'gtsrb': 43,
-               'synthetic': 10}
+               'synthetic': 10, 'imagenet': 1000, 'imagenet-r': 200, 'imagenet-a': 200, 'imagenet-sketch': 1000,
+               'imagenet-v2': 1000}
+# ImageNet-1K's four out-of-distribution test sets (test only: a prompt trained on imagenet is evaluated on them with
+# tools/predict.py). R and A hold 200 of the 1000 classes; the model is scored over those 200, as their authors do.
+IMAGENET_OOD = ('imagenet-r', 'imagenet-a', 'imagenet-sketch', 'imagenet-v2')
+RESTRICTED = ('imagenet-r', 'imagenet-a')
 # The 19 tasks of VTAB-1k as the processed releases name them: group, number of classes
 VTAB_1K = {'cifar': ('Natural', 100), 'caltech101': ('Natural', 102), 'dtd': ('Natural', 47),
            'oxford_flowers102': ('Natural', 102), 'oxford_iiit_pet': ('Natural', 37), 'svhn': ('Natural', 10),
@@ -200,11 +215,14 @@ class FileImages(Dataset):
         """Every image the run will use decodes in full, and its mode reads (pixels): an error at load, not in
         epoch 2. Files are read here, decoded by a pool of threads (PIL lets go of the GIL while decoding)."""
         from concurrent.futures import ThreadPoolExecutor
-        indices = list(indices)
+        indices, said = list(indices), time.time()
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
             for start in range(0, len(indices), chunk):
                 part = indices[start:start + chunk]
                 list(pool.map(self._decode, part, [self._read(i) for i in part]))
+                if time.time() - said > 10:  # a large set (ImageNet-1K) takes minutes: say so
+                    print(f'checking the images: {start + len(part)}/{len(indices)} decoded', flush=True)
+                    said = time.time()
 
     def __getitem__(self, i):
         return self._decode(i, self._read(i)), self.labels[i]
@@ -525,6 +543,82 @@ def _fgvc(task, data_dir, splits):
     return train, split_of('test'), split_of('val') if splits == 'tune' else None
 
 
+def imagenet_wnids(name='imagenet'):
+    """timm's class lists: the 1000 ImageNet-1K wnids in their standard index order, or the 200 of ImageNet-R or -A
+    (a subset in the same order)."""
+    if name in RESTRICTED:
+        return pkgutil.get_data('timm.data', f'_info/{name.replace("-", "_")}_synsets.txt').decode().split()
+    from timm.data import ImageNetInfo
+    return list(ImageNetInfo().label_names())
+
+
+def _class_folders(folder, name, classes, by_index=False):
+    """(files, labels) of a folder of class folders, named by wnid (by_index: by class index, 0 to 999, as
+    ImageNet-V2), each label the class's position in `classes`: a partial copy, in any order, keeps the standard
+    labels. A folder that is not one of the set's classes, or an empty one, is named."""
+    if not os.path.isdir(folder):
+        raise DataError(f'{folder}: no such folder; {name} reads {LAYOUT[name]}')
+    index = {c: i for i, c in enumerate(classes)}
+    files, labels = [], []
+    for d in sorted(f for f in os.listdir(folder) if os.path.isdir(os.path.join(folder, f)) and not f.startswith('.')):
+        path = os.path.join(folder, d)
+        if by_index and not (d.isdigit() and int(d) < len(classes)):
+            raise DataError(f'{path}: {name} names its class folders by index, 0 to {len(classes) - 1}; '
+                            f'{d!r} is not one')
+        if not by_index and d not in index:
+            what = f'a wnid outside its {len(classes)} classes' if re.fullmatch(r'n\d{8}', d) else \
+                'neither a wnid (n01440764) nor a class index'
+            raise DataError(f'{path}: {name} names its class folders by wnid (timm\'s list); {d!r} is {what}')
+        names = sorted(f for f in os.listdir(path) if not f.startswith('.'))
+        images = [f for f in names if f.lower().endswith(IMAGE_EXTENSIONS)]
+        if not images:
+            raise DataError(f'{path}: an empty class folder (no image); give it its images, or remove it')
+        files += [os.path.join(path, f) for f in images]
+        labels += [int(d) if by_index else index[d]] * len(images)
+    if not files:
+        raise DataError(f'{folder}: holds no class folder; {name} reads {LAYOUT[name]}')
+    return files, labels
+
+
+LAYOUT = {'imagenet': '<data-dir>/train/<wnid>/* and <data-dir>/val/<wnid>/* (or torchvision\'s ImageNet root: '
+                      'ILSVRC2012_devkit_t12.tar.gz, ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar)',
+          'imagenet-r': '<data-dir>/<wnid>/* (200 wnid folders, the released imagenet-r/)',
+          'imagenet-a': '<data-dir>/<wnid>/* (200 wnid folders, the released imagenet-a/)',
+          'imagenet-sketch': '<data-dir>/<wnid>/* (1000 wnid folders, the released sketch/)',
+          'imagenet-v2': '<data-dir>/0/* ... <data-dir>/999/* (a released imagenetv2-*-format-val/)'}
+
+
+def _imagenet(data_dir):
+    """ImageNet-1K: train/ and val/ class folders; torchvision's ImageNet unpacks its archives into them first."""
+    wnids = imagenet_wnids()
+    if not os.path.isdir(os.path.join(data_dir, 'train')) and \
+            os.path.isfile(os.path.join(data_dir, 'ILSVRC2012_devkit_t12.tar.gz')):
+        from torchvision.datasets import ImageNet
+        try:
+            for split in ('train', 'val'):  # checks each archive's md5, then unpacks it (once)
+                ImageNet(data_dir, split=split)
+        except (RuntimeError, ImportError) as e:
+            raise DataError(f'{data_dir}: torchvision could not unpack ImageNet ({_first_line(e)})') from None
+    train, test = (FileImages(*_class_folders(os.path.join(data_dir, split), 'imagenet', wnids))
+                   for split in ('train', 'val'))
+    train.classes = wnids
+    return train, test
+
+
+def load_test_set(name, *, data_dir, img_size, test_limit=None):
+    """An out-of-distribution test set of ImageNet-1K (IMAGENET_OOD) as Splits with no training images: its images
+    (the first test_limit in folder order), labelled in the classes it names (1000 wnids, or R's and A's 200)."""
+    check_name(name)
+    if name not in IMAGENET_OOD:
+        raise DataError(f'{name} is not one of the test sets {", ".join(IMAGENET_OOD)}')
+    classes = imagenet_wnids(name)
+    test = FileImages(*_class_folders(data_dir, name, classes, by_index=name == 'imagenet-v2'))
+    indices = list(range(len(test)))[:test_limit]
+    test.verify(indices)
+    return Splits(train=None, val=None, test=Resized(_labelled_subset(test, indices), img_size),
+                  num_classes=len(classes), classes=classes)
+
+
 def synthetic(num_classes=10, train_per_class=60, test_per_class=20, size=32, seed=0):
     """K classes, each a smooth random colour pattern (4x4 upsampled); samples add brightness jitter and pixel noise.
 
@@ -553,6 +647,9 @@ def load(name, *, data_dir, img_size, seed, train_per_class=None, test_limit=Non
     check_name(name)
     if splits not in VTAB_FILES:
         raise DataError(f'--splits must be final or tune, got {splits!r}')
+    if name in IMAGENET_OOD:
+        raise DataError(f'{name} is a test set (no training images): train on imagenet, then evaluate the prompt '
+                        f'file with tools/predict.py --dataset {name} --data-dir <its folder>')
     if splits == 'tune' and not (vtab_task(name) or fgvc_task(name)):
         raise DataError(f'--splits tune reads the split files of a VTAB-1k or FGVC task; {name} has none (hold out '
                         f'validation images with --val-split)')
@@ -570,6 +667,8 @@ def load(name, *, data_dir, img_size, seed, train_per_class=None, test_limit=Non
         train, test = _tiny_imagenet(data_dir)
     elif name == 'folder':
         train, test, own_val = _folder(data_dir)
+    elif name == 'imagenet':
+        train, test = _imagenet(data_dir)
     elif vtab_task(name):
         train, test, own_val = _vtab(vtab_task(name), data_dir, splits)
     elif fgvc_task(name):

@@ -232,9 +232,12 @@ def test_predict_matches_a_folders_classes_by_name_or_refuses(tmp_path, capsys):
 
 
 def finished_run(folder, **summary):
-    """A run folder as train.py leaves it: summary.json and metrics.jsonl with the same last epoch."""
+    """A run folder as train.py leaves it: summary.json and metrics.jsonl with the same last epoch (a tuning run,
+    test_acc None: validation accuracies instead)."""
     os.makedirs(folder)
-    epochs = [dict(epoch=0, train_loss=2.0, test_acc=30.0), dict(epoch=1, train_loss=1.5, test_acc=41.5)]
+    tested = summary.get('test_acc', 0) is not None
+    epochs = [dict(epoch=0, train_loss=2.0, **(dict(test_acc=30.0) if tested else dict(val_acc=40.0))),
+              dict(epoch=1, train_loss=1.5, **(dict(test_acc=41.5) if tested else dict(val_acc=50.0)))]
     with open(os.path.join(folder, 'metrics.jsonl'), 'w') as f:
         f.write(''.join(json.dumps(e) + '\n' for e in epochs))
     with open(os.path.join(folder, 'summary.json'), 'w') as f:
@@ -245,12 +248,16 @@ def finished_run(folder, **summary):
 def test_a_damaged_summary_is_named_and_a_sound_one_read(tmp_path, capsys):
     good = finished_run(str(tmp_path / 'good'))
     assert compare.read_summary(good, 3.0) == dict(epochs=2, train_loss=1.5, test_acc=41.5, wall_s=3.0)
+    tuning = finished_run(str(tmp_path / 'tuned'), test_acc=None, final_val_acc=50.0)  # --no-test: validation only
+    assert compare.read_summary(tuning, 1.0)['final_val_acc'] == 50.0
     cut = finished_run(str(tmp_path / 'cut'))
     text = open(os.path.join(cut, 'summary.json')).read()
     with open(os.path.join(cut, 'summary.json'), 'w') as f:
         f.write(text[:len(text) // 2])
     cases = {cut: 'not JSON', finished_run(str(tmp_path / 'nan'), train_loss=math.nan): 'train_loss not a finite',
-             finished_run(str(tmp_path / 'none'), test_acc=None): 'test_acc is null',
+             finished_run(str(tmp_path / 'none'), test_acc=None): 'no final_val_acc',
+             finished_run(str(tmp_path / 'tuning'), test_acc=None, final_val_acc=-3.0): 'final_val_acc is -3.0',
+             finished_run(str(tmp_path / 'tuning2'), test_acc=None, final_val_acc=45.0): 'final_val_acc differ',
              finished_run(str(tmp_path / 'big'), test_acc=415.0): 'test_acc is 415.0',
              finished_run(str(tmp_path / 'other'), test_acc=40.0): 'test_acc differ from the last epoch',
              finished_run(str(tmp_path / 'short'), epochs=3): 'epochs differ'}

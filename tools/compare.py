@@ -76,10 +76,12 @@ def read_summary(out, wall_s):
     odd = [k for k, v in s.items() if isinstance(v, float) and not math.isfinite(v)]
     if odd:
         return damaged(f'{", ".join(odd)} not a finite number')
-    acc = s.get('test_acc')
-    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 100:
-        return damaged(f'test_acc is {json.dumps(acc)}, not an accuracy in [0, 100]' if 'test_acc' in s else
-                       'no test_acc')
+    accuracy = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 100
+    key = 'final_val_acc' if s.get('test_acc', 0) is None else 'test_acc'  # a tuning run (--no-test) has no test_acc
+    if key not in s:
+        return damaged(f'no {key}')
+    if not accuracy(s[key]):
+        return damaged(f'{key} is {json.dumps(s[key])}, not an accuracy in [0, 100]')
     try:
         last = (RunDir(out).read_metrics() or [{}])[-1]
     except RunDirError as e:

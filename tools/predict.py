@@ -13,6 +13,7 @@ run's test accuracy exactly.
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 
@@ -106,17 +107,45 @@ def evaluate(a):
     if len(a.prompt) != 1:
         raise PromptFileError('--dataset evaluates one prompt file at a time')
     args, model, meta = load_task(a.prompt[0], device=a.device)
-    if a.dataset != args.dataset:
-        raise PromptFileError(f'--prompt {a.prompt[0]}: trained on {args.dataset}, not {a.dataset}')
-    limit = a.test_limit or args.test_limit
-    splits = data.load(a.dataset, data_dir=a.data_dir or args.data_dir, img_size=args.img_size, seed=args.seed,
-                       train_per_class=1, test_limit=limit, splits=args.splits)
+    ood = a.dataset in data.IMAGENET_OOD and args.dataset == 'imagenet'  # ImageNet-1K's test sets
+    if a.dataset != args.dataset and not ood:
+        also = f' (its test sets {", ".join(data.IMAGENET_OOD)} need a prompt trained on imagenet)' \
+            if a.dataset in data.IMAGENET_OOD else ''
+        raise PromptFileError(f'--prompt {a.prompt[0]}: trained on {args.dataset}, not {a.dataset}{also}')
+    if ood and not a.data_dir:
+        raise PromptFileError(f'--dataset {a.dataset} needs --data-dir, the folder of its class folders')
+    limit = a.test_limit or (None if ood else args.test_limit)
+    if ood:
+        splits = data.load_test_set(a.dataset, data_dir=a.data_dir, img_size=args.img_size, test_limit=limit)
+    else:
+        splits = data.load(a.dataset, data_dir=a.data_dir or args.data_dir, img_size=args.img_size, seed=args.seed,
+                           train_per_class=1, test_limit=limit, splits=args.splits)
     args.workers = a.workers
-    acc, _ = train.evaluate(model, by_name(splits.test, splits.classes, meta['classes'], a.prompt[0]), args)
-    reported = f' (the run reported {meta["test_acc"]:.2f}%)' if meta.get('test_acc') is not None else ''
+    test = by_name(splits.test, splits.classes, meta['classes'], a.prompt[0])
+    if a.dataset in data.RESTRICTED:  # ImageNet-R and -A: the 1000-way model scored over their 200 classes
+        model = Restricted(model, [meta['classes'].index(c) for c in splits.classes], len(meta['classes']))
+    acc, _ = train.evaluate(model, test, args)
+    reported = f' (the run reported {meta["test_acc"]:.2f}% on {args.dataset})' if meta.get('test_acc') is not None \
+        else ''
+    over = f' scored over its {len(splits.classes)} classes' if a.dataset in data.RESTRICTED else ''
     print(f'{meta["method"]} on {meta["model"]}: test acc {acc:.2f}% on {len(splits.test)} {a.dataset} test '
-          f'images{reported}')
+          f'images{over}{reported}')
     return acc
+
+
+class Restricted(torch.nn.Module):
+    """A K-way model scored over some of its classes only: the other logits are -inf, so the prediction is the best
+    of those (ImageNet-R and -A, 200 of ImageNet-1K's classes, as their authors and LoR-VP score them)."""
+
+    def __init__(self, model, keep, K):
+        super().__init__()
+        self.model = model
+        mask = torch.full((K,), -math.inf, device=next(model.parameters()).device)
+        mask[keep] = 0.0
+        self.register_buffer('mask', mask)
+
+    def forward(self, x):
+        return self.model(x) + self.mask  # (B, K): -inf outside the kept classes
 
 
 class Relabelled(Dataset):
