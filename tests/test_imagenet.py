@@ -2,6 +2,7 @@
 tests/layouts.py): each layout as released gives every image its standard label, R and A are scored over their 200
 classes, every bad layout is one message naming the path, and a prompt trained on the ImageNet layout is evaluated on
 each test set by predict.py against a count made here."""
+import json
 import os
 import shutil
 
@@ -13,8 +14,8 @@ import torch
 import data
 import layouts
 import train
-from conftest import needs_tiny
-from tools import predict
+from conftest import needs_lite0, needs_tiny
+from tools import compare, predict
 from tools.serve import load_task, save_prompt
 
 pytestmark = needs_tiny
@@ -170,3 +171,36 @@ def test_a_prompt_trained_on_imagenet_is_evaluated_on_each_test_set(sets, tmp_pa
     with pytest.raises(SystemExit):  # a test set needs its folder
         predict.main(['--prompt', prompt, '--dataset', 'imagenet-r'])
     assert 'needs --data-dir' in capsys.readouterr().err
+
+
+@needs_lite0
+@pytest.mark.e2e
+def test_the_ood_protocol_tables_each_runs_test_sets_beside_the_papers_figures(sets, tmp_path, monkeypatch,
+                                                                             capsys):
+    folders, _ = sets
+    monkeypatch.chdir(tmp_path)
+    argv = ['--protocol', 'ood-lorsp', '--tag', 't', '--methods', 'lp,lorsp', '--model', 'tf_efficientnet_lite0',
+            '--data-dir', folders['imagenet'], '--img-size', '64', '--epochs', '3', '--batch-size', '16', '--precision',
+            'fp32', '--bench-reps', '0', '--test-sets-dir', os.path.dirname(folders['imagenet'])]
+    rows = compare.main(argv)
+    md = (tmp_path / 'results' / 'ood-lorsp-t.md').read_text()
+    table = [line for line in md.splitlines() if line.startswith('| lp |') or line.startswith('| lorsp |')][-2:]
+    for r, line in zip(rows, table):  # each cell is predict.py's accuracy of that run's prompt file, made again here
+        prompt = os.path.join('runs', 'ood-lorsp-t', f'{r["arm"]}-s0', 'prompt.safetensors')
+        accs = [predict.main(['--prompt', prompt, '--dataset', t, '--data-dir', folders[t]]) for t in
+                ('imagenet-r', 'imagenet-sketch', 'imagenet-a', 'imagenet-v2')]
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        assert 0 < sum(accs) and any(0 < a < 100 for a in accs)  # the ImageNet weights see some of the shifted images
+        assert cells[2:] == [f'{a:.2f} (1)' for a in accs] + [f'{sum(accs) / 4:.2f} (1)'], (cells, accs)
+    assert '| LoRSP (the paper\'s figures, not run here) | 78.78 | 32.86 | 35.67 | 20.61 | 65.74 | 38.72 |' in md
+    kept = json.loads((tmp_path / 'runs' / 'ood-lorsp-t' / 'lp-s0.test-sets.json').read_text())
+    assert set(kept) == {'imagenet-r', 'imagenet-sketch', 'imagenet-a', 'imagenet-v2'}
+    capsys.readouterr()
+    compare.main([*argv, '--report'])  # read back: the same rows, nothing measured again
+    assert 'testing its prompt file' not in capsys.readouterr().out
+    again = (tmp_path / 'results' / 'ood-lorsp-t.md').read_text()
+    assert [line for line in again.splitlines() if line.startswith('| ')] == \
+        [line for line in md.splitlines() if line.startswith('| ')]
+    assert again.count('(the paper') == 4
+    with pytest.raises(SystemExit):  # no test sets there: refused before any run
+        compare.main([*argv[:-1], str(tmp_path / 'nowhere')])

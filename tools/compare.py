@@ -37,11 +37,11 @@ import torch
 
 if __name__ == '__main__':  # python tools/compare.py from the project root: the project's modules come from there
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from tools import bench, tables
+from tools import bench, predict, tables
 import train
 from flags import NONNEG_INT, POS, POS_INT, parse
 from methods import METHODS
-from tools.protocols import PROTOCOLS, WHERE, choice, flag, grid, grown, identity, plan, train_argv
+from tools.protocols import DATA, PROTOCOLS, WHERE, choice, flag, grid, grown, identity, plan, train_argv
 from tools.rundir import RunDir, RunDirError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project root, where train.py is
@@ -187,6 +187,28 @@ def die_with_parent():
         pass
 
 
+def test_set_accs(job, plan):
+    """{test set: accuracy} of a finished run's prompt file, unchanged, on each of the protocol's test sets
+    (predict.py; R and A over their 200 classes), kept in <run>.test-sets.json beside its folder: measured once. With
+    --report, or where the prompt file is gone, a set not measured yet is 'pending'; one predict.py refuses, 'failed'."""
+    path, prompt = job.out + '.test-sets.json', os.path.join(job.out, 'prompt.safetensors')
+    kept = {**(job.result.get('test_sets') or {}), **read_json(path, {})}  # the table's record, then the folder's
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    for name in plan.protocol.test_sets:
+        if isinstance(kept.get(name), float) or plan.report or not os.path.exists(prompt):
+            continue
+        print(f'{job.label}: testing its prompt file on {name}', flush=True)
+        try:
+            kept[name] = predict.main(['--prompt', prompt, '--dataset', name, '--data-dir',
+                                       os.path.join(plan.test_sets_dir, name), '--device', device])
+        except SystemExit:  # predict.py said why on stderr
+            kept[name] = 'failed'
+        with open(path + '.tmp', 'w') as f:
+            json.dump(kept, f)
+        os.replace(path + '.tmp', path)
+    return {name: kept.get(name, 'pending') for name in plan.protocol.test_sets}
+
+
 def finish(job, proc):
     """A run's outcome, on disk before its launch lock is let go: its wall time (summed over resumed sessions), and a
     .diverged marker where train.py stopped an exploded loss (it exits 3)."""
@@ -281,6 +303,9 @@ def compare(plan, name, settings, runs_dir):
                   for arm in plan.arms}
     jobs = final_jobs(plan, name, settings, runs_dir, final_argv, on_disk.get('runs', []))
     run_all(jobs, plan.jobs, plan.report)
+    for j in jobs:  # each finished run's prompt file on the protocol's test sets (ImageNet-R, -Sketch, -A, -V2)
+        if plan.protocol.test_sets and 'test_acc' in j.result:
+            j.result['test_sets'] = test_set_accs(j, plan)
     failed += [j for j in jobs if 'failed' in j.result]
     runs = [{**j.result, 'arm': j.arm, 'seed': j.seed, 'command': j.command} for j in jobs
             if not j.result.get('pending')]
@@ -349,6 +374,8 @@ def parser():
     p.add_argument('--bench-reps', type=NONNEG_INT, default=10, help='rounds of bench.py for the cost columns, '
                    'measured once per arm when every run of the comparison has finished (0: leave them out)')
     p.add_argument('--tasks', help='of a multi-task protocol (vtab-1k): a comma list (default: all of them)')
+    p.add_argument('--test-sets-dir', default=DATA, help='of a protocol with test sets (ood-lotep, '
+                   'ood-lorsp): the folder of imagenet-r/, imagenet-sketch/, imagenet-a/, imagenet-v2/')
     return p
 
 
@@ -430,8 +457,14 @@ def planned(p, a):
         ([f'lr multipliers tuned: {a.tune_lr}'] if a.tune_lr else []) + (['no tuning'] if a.no_tune else [])
     named = [(f'{name}/{task}', {**settings, 'dataset': f'vtab-1k:{task}'}, os.path.join(runs_dir, task))
              for task in tasks] if protocol.tasks else [(name, settings, runs_dir)]
+    missing = [os.path.join(a.test_sets_dir, t) for t in protocol.test_sets
+               if not os.path.isdir(os.path.join(a.test_sets_dir, t))]
+    if missing and not a.report:  # refused now rather than after the runs
+        p.error(f'--test-sets-dir {a.test_sets_dir}: {", ".join(missing)} missing; {a.protocol} tests every prompt '
+                f'file on {", ".join(protocol.test_sets)} (docs/usage.md, ImageNet)')
     return plan(protocol, arms, seeds=seeds, tune_lr=tune_lr, no_tune=a.no_tune, extra=a.extra.split(), jobs=a.jobs,
-                report=a.report, bench_reps=a.bench_reps, changes=changes), name, settings, named
+                report=a.report, bench_reps=a.bench_reps, changes=changes, test_sets_dir=a.test_sets_dir), name, \
+        settings, named
 
 
 if __name__ == '__main__':

@@ -38,6 +38,8 @@ class Protocol:
     # edge of the grid, the axis grows by the next value of the progression, for every arm, until none does
     tune_flags: tuple = TUNE_FLAGS  # what makes a run a tuning run (vtab-1k: its own val200 split)
     tasks: tuple = ()  # a multi-task protocol: each task a data set of its own (vtab-1k:<task>), then their means
+    test_sets: tuple = ()  # test sets each final run's prompt file is evaluated on, unchanged (predict.py)
+    paper: tuple = ()  # (the paper's row label, {column: its figure}) shown beside the table, labelled as theirs
 
     def seeds_of(self, arm):
         in_claims = any(arm in claim[:2] for claim in self.claims)
@@ -46,6 +48,13 @@ class Protocol:
     def flags_of(self, arm):
         """An arm's train.py flags: the protocol's, or those of a method it does not list (--methods)."""
         return self.arms.get(arm, ['--method', arm])
+
+
+def shifted(in1k, r, sketch, a, v2, avg=None):
+    """A paper's row of its out-of-distribution table, in its column order (ImageNet-1K, R, Sketch, A, V2, the
+    average of the four where it prints one), keyed by data set."""
+    return {'imagenet': in1k, 'imagenet-r': r, 'imagenet-sketch': sketch, 'imagenet-a': a, 'imagenet-v2': v2,
+            **({'avg': avg} if avg is not None else {})}
 
 
 def methods(*names):
@@ -61,6 +70,7 @@ def sweep(method, flag, values, label=None):
 EXTEND = {'lr': (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100), 'init': (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100)}
 CIFAR = dict(model='tf_efficientnet_lite0', dataset='cifar10', data_dir=DATA)
 SHORT = dict(**CIFAR, train_per_class=200, test_limit=2000, img_size=96, epochs=6, batch_size=32, precision='bf16')
+SHIFTS = ('imagenet-r', 'imagenet-sketch', 'imagenet-a', 'imagenet-v2')  # the papers' column order
 LONG_ARMS = ['lp', 'lora', 'lorvp', 'evp', 'ilm_vp', 'autovp', 'lotep_cp', 'lotep_tk', 'grouped_lorvp', 'deep_lorvp',
              'lorsp', 'lorsp_lpf']
 PROTOCOLS = {
@@ -117,6 +127,30 @@ PROTOCOLS = {
                 ('lotep_cp', 'vpt_deep', None, 'LoTeP over VPT-Deep'),
                 ('lorsp', 'vpt_deep', None, 'LoRSP over VPT-Deep'),
                 ('lorvp', 'lp', None, 'LoR-VP over the linear probe'))),
+    'ood-lotep': Protocol(
+        'LoTeP Table 3: ConvNeXt-B pretrained on ImageNet-21K, prompted on ImageNet-1K (224 px, 20 epochs as LoRSP '
+        'states for all its runs, batch 256, bf16, on GPUs), each prompt file then tested unchanged on ImageNet-R, '
+        '-Sketch, -A and -V2 (R and A scored over their 200 classes)',
+        dict(model='convnext_base', dataset='imagenet', data_dir='data/imagenet', img_size=224, epochs=20,
+             batch_size=256, precision='bf16'),
+        methods('lp', 'autovp', 'lorvp', 'lotep_cp', 'lotep_tk'), (0,), test_sets=SHIFTS,
+        paper=(('LP', shifted(84.61, 58.56, 45.84, 38.03, 74.32)),
+               ('AutoVP', shifted(78.75, 45.71, 34.16, 22.99, 66.94)),
+               ('LoR-VP', shifted(84.66, 58.88, 46.22, 39.36, 74.65)),
+               ('LoTeP-CP', shifted(84.75, 59.77, 46.76, 43.57, 74.78)),
+               ('LoTeP-TK', shifted(84.83, 59.61, 46.15, 44.41, 74.73)))),
+    'ood-lorsp': Protocol(
+        'LoRSP Table IV: ViT-B/32 (ImageNet-21K, fine-tuned on 1K), prompted on ImageNet-1K (224 px, 20 epochs, batch '
+        '256, bf16, on GPUs), LoRSP with (n, r) = (2, 2), 2.24K prompt parameters; each prompt file then tested '
+        'unchanged on ImageNet-R, -Sketch, -A and -V2 (R and A scored over their 200 classes)',
+        dict(model='vit_base_patch32_224', dataset='imagenet', data_dir='data/imagenet', img_size=224, epochs=20,
+             batch_size=256, precision='bf16'),
+        {**methods('lp', 'evp', 'lorvp'), 'lorsp': ['--method', 'lorsp', '--factors', '2', '--rank', '2']}, (0,),
+        test_sets=SHIFTS,
+        paper=(('LP', shifted(77.69, 32.06, 34.18, 19.29, 64.57, 37.53)),
+               ('EVP', shifted(77.85, 32.56, 34.19, 20.04, 65.11, 37.98)),
+               ('LoR-VP', shifted(77.89, 32.23, 34.02, 19.96, 65.15, 37.84)),
+               ('LoRSP', shifted(78.78, 32.86, 35.67, 20.61, 65.74, 38.72)))),
     'offline-tiny': Protocol(
         'Lite0, Tiny-ImageNet subset 100/class, 64 px, 2 epochs, fp32; lr tuned on validation (x0.03, x0.1, x1)',
         dict(model='tf_efficientnet_lite0', dataset='tiny-imagenet', data_dir=DATA, train_per_class=100,
@@ -170,6 +204,7 @@ class Plan:
     report: bool
     bench_reps: int
     changes: list
+    test_sets_dir: str = DATA  # where the protocol's test sets lie: <test_sets_dir>/<set>/ (compare.py --test-sets-dir)
 
 
 def plan(protocol, arms, *, seeds=None, tune_lr=None, no_tune=False, **how):

@@ -133,6 +133,7 @@ def write_comparison(name, inputs, *, protocol, settings, extra, changes, final_
                   claims=stats.claim_verdicts(protocol.claims, {r['arm']: r for r in rows}),
                   wall_s=sum(r.get('wall_s') or 0.0 for r in runs),  # every run in the table, other comparisons' too
                   tune_wall_s=sum(t.get('wall_s', 0.0) for t in tuning.values()), bench=inputs['bench'], rows=rows,
+                  test_sets=list(protocol.test_sets), paper=[list(p) for p in protocol.paper],
                   runs=runs, tuning_runs=inputs['tuning_runs'])
     incomplete = progress(tuning, [r.get('wall_s') for r in [*inputs['tuning_runs'].values(), *runs]], len(left),
                           len(final_runs))
@@ -174,6 +175,12 @@ def rows_of(runs, arms):
                          params=ok[0]['trainable_params'] if ok else None,
                          times=[r['train_time_s'] for r in ok], rates=[r['train_images_per_s'] for r in ok],
                          failed=[r for r in mine if 'test_acc' not in r]))
+        sets = {}  # {test set: {seed: accuracy}}, the measured ones
+        for r in ok:
+            for t, acc in (r.get('test_sets') or {}).items():
+                if isinstance(acc, float):
+                    sets.setdefault(t, {})[r['seed']] = acc
+        rows[-1]['test_sets'] = sets
     return rows
 
 
@@ -223,7 +230,32 @@ def markdown(record, about, incomplete=''):
                       'accuracy %, the best kept):']
         lines += [line for arm, t in tuning.items() for line in tuning_lines(arm, t)]
         lines += ['', *[f'- Grid: {note}.' for note in record['grid_notes']]] if record['grid_notes'] else []
-    return '\n'.join(lines + claim_lines(record['claims'])) + '\n'
+    return '\n'.join(lines + test_set_lines(record) + claim_lines(record['claims'])) + '\n'
+
+
+def test_set_lines(record):
+    """The out-of-distribution table: each arm's test accuracy, on the data set it was prompted on and, unchanged, on
+    each test set (mean ± std over seeds, n), the mean of the test sets (per seed, then over seeds); the paper's rows
+    below, labelled as theirs."""
+    sets = record.get('test_sets') or []
+    if not sets:
+        return []
+    avg = lambda r: [statistics.mean(r['test_sets'][t][s] for t in sets) for s in r['accs']
+                     if all(s in r['test_sets'].get(t, {}) for t in sets)]
+    lines = ['', f'Out of distribution: each final run\'s prompt file tested unchanged on {", ".join(sets)} '
+                 '(tools/predict.py; ImageNet-R and -A scored over their 200 classes); avg: the mean of the test sets. '
+                 'A set not measured yet is left out of n.', '',
+             '| arm | ' + ' | '.join([record['settings'].get('dataset', 'source'), *sets, 'avg']) + ' |',
+             '|' + '---|' * (len(sets) + 3)]
+    lines += ['| ' + ' | '.join([r['arm'], mean_sd(r['accs'].values()),
+                                 *[mean_sd(r['test_sets'].get(t, {}).values()) for t in sets], mean_sd(avg(r))]) + ' |'
+              for r in record['rows']]
+    theirs = lambda v: f'{v:.2f}' if v is not None else '-'
+    for label, fig in record.get('paper') or []:  # an average the paper does not print: the mean of its four
+        mean = fig.get('avg', statistics.mean(fig[t] for t in sets) if all(t in fig for t in sets) else None)
+        lines.append('| ' + ' | '.join([f'{label} (the paper\'s figures, not run here)', theirs(fig.get('imagenet')),
+                                        *[theirs(fig.get(t)) for t in sets], theirs(mean)]) + ' |')
+    return lines
 
 
 def arm_cells(r, b, val, tuning):
