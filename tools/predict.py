@@ -2,13 +2,15 @@
 
     python tools/predict.py --prompt runs/x/prompt.safetensors cat.png photos/        # top-5 classes of each image
     python tools/predict.py --prompt runs/x/prompt.safetensors --dataset cifar10-sample --split test
+    python tools/predict.py --prompt runs/in1k/prompt.safetensors --dataset imagenet-a --data-dir data/imagenet-a
     python tools/predict.py --prompt a.safetensors --prompt b.safetensors 0:cat.png 1:scan.png photos/   # several tasks, one
                                                                                 # backbone, one batch; N: picks a task
 
 An image is resized as training did (the run's image size, no crop). With several prompt files every image goes to
 every task, unless written N:path (task N only). --out writes the predictions as .csv or .json. Evaluation uses the
 run's data settings (seed, --test-limit, batch size, precision): on the device it was trained on, it reproduces the
-run's test accuracy exactly.
+run's test accuracy exactly. A folder's classes are matched to the prompt file's by name; a prompt trained on
+imagenet is also evaluated on its four shifted test sets (ImageNet-R and -A scored over their 200 classes).
 """
 import argparse
 import csv
@@ -77,7 +79,8 @@ def main(argv=None):
     p.add_argument('inputs', nargs='*', help='image files or folders; N:path sends them to task N only')
     p.add_argument('--top-k', type=POS_INT, default=5)
     p.add_argument('--out', help='write the predictions to a .csv or .json file')
-    p.add_argument('--dataset', type=dataset_name, help='evaluate on a data set instead (as train.py\'s --dataset)')
+    p.add_argument('--dataset', type=dataset_name, help='evaluate on a data set instead (as train.py\'s --dataset; '
+                   'a prompt trained on imagenet also on imagenet-r, -a, -sketch, -v2, R and A over their 200 classes)')
     p.add_argument('--data-dir', help='where the data set is (default: the run\'s)')
     p.add_argument('--split', default='test', choices=['test'], help='the evaluated split')
     p.add_argument('--test-limit', type=POS_INT, help='the first N test images (default: the run\'s)')
