@@ -106,6 +106,22 @@ def create(name, *, pretrained=True, weights=None, img_size=224, num_classes=0) 
     return model
 
 
+def checkpointed(model, name):
+    """timm's gradient checkpointing on a backbone (model.set_grad_checkpointing): each block keeps only its input for
+    backward and recomputes the rest. timm calls torch's non-reentrant checkpoint, so a prompt that a hook adds inside
+    a block gets its gradient; the reentrant one would drop it, and is refused."""
+    from timm.layers import use_reentrant_ckpt
+    if use_reentrant_ckpt():
+        raise BackboneError('--grad-checkpointing: timm is set to reentrant checkpoints (timm.layers.'
+                            'set_reentrant_ckpt(True)), which lose the deep prompts\' gradients; set it back to False')
+    try:
+        model.set_grad_checkpointing(True)
+    except (AttributeError, AssertionError, NotImplementedError) as e:
+        raise BackboneError(f'--grad-checkpointing: timm has no gradient checkpointing for {name} '
+                            f'({type(e).__name__}: {e}); run without it') from None
+    return model
+
+
 def fingerprint(model) -> str:
     """sha256 of a backbone's weights and buffers, the classifier left out (its size depends on the task); None for a
     model on the meta device (shapes only)."""

@@ -25,6 +25,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 # ---- LoR-VP: a per-channel low-rank prompt on the whole image ----
 
@@ -235,7 +236,9 @@ class VPTDeep(nn.Module):
         for i, block in enumerate(vit.blocks):
             prompt = self.prompts[i].expand(x.shape[0], -1, -1).to(x.dtype)  # (B, T, D)
             rest = x[:, p:] if i == 0 else x[:, p + T:]  # insert (i = 0) / replace the previous block's prompt outputs
-            x = block(torch.cat([x[:, :p], prompt, rest], dim=1))  # (B, p + T + N, D)
+            x = torch.cat([x[:, :p], prompt, rest], dim=1)  # (B, p + T + N, D)
+            # with --grad-checkpointing (timm's flag on the ViT) the block recomputes its activations in backward
+            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False) if vit.grad_checkpointing else block(x)
         x = vit.norm(x)
         return vit.forward_head(torch.cat([x[:, :p], x[:, p + T:]], dim=1))  # strip: (B, p + N, D) -> pooled
 

@@ -17,7 +17,8 @@ import data
 import lorsp
 from methods import METHODS, resolve_defaults
 
-RESUMABLE = ('device', 'workers', 'data_dir')  # may differ from the saved run on --resume: where it runs, its data lies
+RESUMABLE = ('device', 'workers', 'data_dir', 'grad_checkpointing')  # may differ on --resume: where it runs, its
+#   data lies, how much memory its step holds
 
 
 def number(cast, lo=-math.inf, hi=math.inf, *, lo_open=False, hi_open=False):
@@ -79,9 +80,10 @@ def parser() -> argparse.ArgumentParser:
                         f'--data-dir/<task>/: {", ".join(data.VTAB_1K)}); fgvc:<task> (VPT\'s json splits in '
                         f'--data-dir: {", ".join(data.FGVC)})')
     p.add_argument('--data-dir', default='data', help='where data sets are read or downloaded (default ./data)')
-    p.add_argument('--splits', default='final', choices=['final', 'tune'], help='vtab-1k: final trains on '
-                   'train800val200 and tests on test.txt; tune trains on train800 and validates on val200 (fgvc: '
-                   'train + val / test, or train / val)')
+    p.add_argument('--splits', choices=['final', 'tune'], help='vtab-1k: final (the default) trains on train800val200 '
+                   'and tests on test.txt; tune trains on train800 and validates on val200. fgvc: tune (the default, '
+                   'VPT\'s protocol) trains on train.json, validates on val.json every epoch and tests on test.json '
+                   '(the summary\'s val-selected test acc is VPT\'s figure); final trains on train + val')
     p.add_argument('--img-size', type=POS_INT, default=224, help='image side in pixels (training and evaluation)')
     p.add_argument('--epochs', type=POS_INT, help='default: the method recipe (20 for the LoR-VP family)')
     p.add_argument('--batch-size', type=POS_INT, help='global batch (default: the recipe, 256 for the LoR-VP family)')
@@ -113,6 +115,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--compile', action='store_true', help='torch.compile the LoRSP prompt (docs/speed.md)')
     p.add_argument('--channels-last', action='store_true', help='the backbone and its input in channels-last memory '
                    'order: faster convolutions (1.4x a Lite0 step on a CPU), the same maths (docs/speed.md)')
+    p.add_argument('--grad-checkpointing', action='store_true', help='the frozen backbone\'s blocks keep no '
+                   'activations and recompute them in backward (timm\'s set_grad_checkpointing): less memory, a '
+                   'slower step, the same gradients (docs/speed.md)')
     p.add_argument('--device', type=device_name, default='auto', help='auto (cuda if there is one), cpu, cuda:N')
     p.add_argument('--workers', type=NONNEG_INT, help='DataLoader workers (default 0 on cpu, 8 on cuda)')
     p.add_argument('--out', help='run directory (default: runs/<method>-<model>-<dataset>-s<seed>-<hash of the '
@@ -169,11 +174,12 @@ def parse(argv):
 
 
 WHERE = ('device', 'workers', 'data_dir', 'out', 'resume')  # where and how a run runs, not what it computes
+MEMORY = ('grad_checkpointing',)  # the same gradients with less memory: not part of what a run computes either
 
 
 def settings(a) -> str:
-    """What a run computes, as text: its resolved arguments less WHERE."""
-    return json.dumps({k: v for k, v in sorted(vars(a).items()) if k not in WHERE}, default=str)
+    """What a run computes, as text: its resolved arguments less WHERE and MEMORY."""
+    return json.dumps({k: v for k, v in sorted(vars(a).items()) if k not in WHERE + MEMORY}, default=str)
 
 
 def default_out(a) -> str:
@@ -245,4 +251,6 @@ def resolve(a):
         a.precision = 'bf16' if a.device.startswith('cuda') else 'fp32'
     if a.workers is None:
         a.workers = 8 if a.device.startswith('cuda') else 0
+    if a.splits is None:  # FGVC as VPT runs it: train on train.json, choose the epoch on val.json, report test.json
+        a.splits = 'tune' if data.fgvc_task(a.dataset) else 'final'
     return a

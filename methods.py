@@ -24,7 +24,7 @@ import distributed
 import grouped_vp
 import lorsp
 import lotep
-from backbones import Adapted, create, family, normalizer, on_meta
+from backbones import Adapted, checkpointed, create, family, normalizer, on_meta
 
 # ---- assembling a model: backbone, deep prompts on it, an input prompt, the head ----
 
@@ -38,6 +38,11 @@ def assemble(a, K, *, prompt=None, deep=None, wrap=None, train_backbone=False):
     weights, sha256 = bb.weights_loaded, bb.weights_sha256  # what they are, before a method wraps the backbone
     normalize = normalizer(bb)
     attached = [deep(bb)] if deep else []
+    if a.grad_checkpointing:  # before a wrap: VPT-Deep reads the ViT's own flag
+        if train_backbone and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in bb.modules()):
+            raise BuildError(f'--grad-checkpointing with ft: {a.model} has BatchNorm, whose running statistics the '
+                             f'recomputation in train mode would update twice; run ft without it')
+        checkpointed(bb, a.model)
     bb = wrap(bb) if wrap else bb
     if a.label_map in ('lp', 'fm'):  # a linear head on pooled features, or on the source logits (AutoVP FullyMap)
         head = nn.Linear(feature_dim, K)

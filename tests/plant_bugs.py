@@ -143,8 +143,8 @@ BUGS = {
     'a run launched without its launch lock': ('tools/compare.py',
                                                '        fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)\n',
                                                '        pass\n', 'tests/test_compare.py -k waited_for'),
-    'resume refuses the data read from elsewhere': ('flags.py', "RESUMABLE = ('device', 'workers', 'data_dir')",
-                                                    "RESUMABLE = ('device', 'workers')",
+    'resume refuses the data read from elsewhere': ('flags.py', "RESUMABLE = ('device', 'workers', 'data_dir',",
+                                                    "RESUMABLE = ('device', 'workers',",
                                                     'tests/test_train.py -k resume_refuses'),
     'progress counts every tuning run as left': ('tools/tables.py', "tune_left = tried.count('pending')",
                                                  'tune_left = len(tried)', 'tests/test_compare.py -k report_tables'),
@@ -176,6 +176,14 @@ BUGS = {
     "imagenet-v2's folders read as sorted strings": (
         'data.py', '        labels += [int(d) if by_index else index[d]] * len(images)',
         '        labels += [len(set(labels)) if by_index else index[d]] * len(images)', 'tests/test_imagenet.py'),
+    'grad checkpointing not applied': ('backbones.py', '        model.set_grad_checkpointing(True)\n',
+                                       '        pass\n', 'tests/test_checkpointing.py'),
+    'grad checkpointing reentrant (deep prompts lose their gradient)': (
+        'backbones.py', '        model.set_grad_checkpointing(True)\n',
+        '        __import__("timm.layers").layers.set_reentrant_ckpt(True)\n        model.set_grad_checkpointing(True)\n',
+        'tests/test_checkpointing.py'),
+    'vpt-deep ignores grad checkpointing': ('baselines.py', 'if vit.grad_checkpointing else block(x)',
+                                            'if False else block(x)', 'tests/test_checkpointing.py'),
 }
 
 

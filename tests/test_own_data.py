@@ -15,6 +15,7 @@ import data
 import layouts
 import train
 from conftest import needs_cifar10, needs_tiny
+from flags import parse
 from tools import compare, predict
 
 S = 16  # every test image is S x S: the loader's resize leaves it as it is
@@ -273,3 +274,18 @@ def test_a_damaged_summary_is_named_and_a_sound_one_read(tmp_path, capsys):
         assert set(result) == {'failed', 'log'} and fragment in result['failed'], (folder, result)
         assert os.path.join(folder, 'summary.json') in result['failed']
     assert capsys.readouterr().err.count(': damaged (') == len(cases)  # each said on the screen too
+
+
+@needs_tiny
+def test_fgvc_runs_as_vpt_does_by_default_and_merged_by_flag(tmp_path, capsys):
+    """VPT trains on train.json, chooses the epoch on val.json and reports test.json; --splits final merges train and
+    val and validates on nothing."""
+    root = layouts.fgvc_cub(str(tmp_path / 'cub'))
+    argv = ['--method', 'lp', '--model', 'test_vit', '--no-pretrained', '--dataset', 'fgvc:cub', '--data-dir', root,
+            '--img-size', '32', '--epochs', '2', '--precision', 'fp32']
+    assert train.resolve(parse(argv)).splits == 'tune' and train.resolve(parse(argv[:4])).splits == 'final'
+    vpt = train.main([*argv, '--out', str(tmp_path / 'vpt')])
+    assert '(200 train, 200 val, 200 test images' in capsys.readouterr().out
+    assert vpt['val_selected_epoch'] in (1, 2) and 'val_selected_test_acc' in vpt
+    merged = train.main([*argv, '--splits', 'final', '--out', str(tmp_path / 'merged')])
+    assert '(400 train, 0 val, 200 test images' in capsys.readouterr().out and 'val_acc' not in merged

@@ -244,6 +244,8 @@ def main(argv=None):
     p.add_argument('--precision', choices=['fp32', 'bf16'], help='default: as train.py (bf16 on CUDA, fp32 on a CPU)')
     p.add_argument('--compile', action='store_true', help='torch.compile the LoRSP prompts')
     p.add_argument('--channels-last', action='store_true', help='the backbones in channels-last memory order')
+    p.add_argument('--grad-checkpointing', action='store_true', help='the methods\' backbones recompute their blocks\' '
+                   'activations in backward (the floor stays the bare backbone without it)')
     p.add_argument('--device', default='auto')
     p.add_argument('--classes', type=POS_INT, default=10, help='K of the heads')
     p.add_argument('--tag', help='<out>/bench-<model>-<size>-<tag>.md')
@@ -274,6 +276,7 @@ def main(argv=None):
         p.error(str(e))
     settings = dict(model=b.model, img_size=b.img_size, batch=bench_batch(a), precision=a.precision,
                     compile=b.compile, channels_last=b.channels_last, classes=b.classes, reps=b.reps,
+                    **({'grad_checkpointing': True} if b.grad_checkpointing else {}),
                     pretrained=not b.no_pretrained, machine=machine(a.device))
     if b.profile:
         return write_profile(b, settings, build_tasks(argvs, b.classes)[0])
@@ -296,6 +299,7 @@ def method_argv(b, m):
     return (['--method', m, '--model', b.model, '--img-size', str(b.img_size), '--batch-size', str(b.batch_size),
              '--device', b.device, '--dataset', 'synthetic'] + (['--precision', b.precision] if b.precision else [])
             + (['--no-pretrained'] if b.no_pretrained else []) + (['--channels-last'] if b.channels_last else [])
+            + (['--grad-checkpointing'] if b.grad_checkpointing else [])
             + (['--compile'] if b.compile and m.startswith('lorsp') else []))
 
 
@@ -329,7 +333,8 @@ def bench_table(b, settings, rows, commands):
     cuda = any('cuda_peak_mb' in r for r in rows)
     lines = [f'# Speed and memory against the floor: {s["model"]}, {s["img_size"]} px, batch {s["batch"]}, '
              f'{s["precision"]}{", LoRSP compiled" if s["compile"] else ""}'
-             f'{", channels-last" if s["channels_last"] else ""}', '',
+             f'{", channels-last" if s["channels_last"] else ""}'
+             f'{", gradient checkpointing" if s.get("grad_checkpointing") else ""}', '',
              f'{"; ".join(f"`{c}`" for c in commands)}; {s["machine"]}, torch {torch.__version__}; the fastest of '
              f'{s["reps"]} interleaved rounds. Step: forward + backward (floor: the bare frozen backbone\'s forward + '
              f'backward to its input). Latency: forward (floor: the bare backbone\'s). Memory: one training step, '
