@@ -182,6 +182,22 @@ BUGS = {
         'backbones.py', '        model.set_grad_checkpointing(True)\n',
         '        __import__("timm.layers").layers.set_reentrant_ckpt(True)\n        model.set_grad_checkpointing(True)\n',
         'tests/test_checkpointing.py'),
+    'fgvc merges train and val by default': ('flags.py', "a.splits = 'tune' if data.fgvc_task(a.dataset) else 'final'",
+                                             "a.splits = 'final'", 'tests/test_own_data.py -k fgvc_runs'),
+    'a preempted job is not requeued': ('tools/cluster.py',
+                                        '        return DelayedSubmission(TrainRun(argv=self.argv, out=self.out, '
+                                        'threads=self.threads, gpus=self.gpus))', '        return None',
+                                        'tests/test_cluster.py -k preempted'),
+    'a job starts its run afresh, not from its checkpoint': (
+        'tools/cluster.py', "    if all(os.path.exists(os.path.join(out, f)) for f in ('config.json', 'checkpoint.pt')):",
+        '    if False:', 'tests/test_cluster.py -k preempted'),
+    'a queued job submitted again': ('tools/cluster.py', "        if record and record['launcher'] == self.kind and "
+                                     "in_flight(record):", '        if False:', 'tests/test_cluster.py -k slurm_jobs'),
+    "a job's cpus not asked of slurm": ('tools/cluster.py', '                             cpus_per_task=self.cpus, ',
+                                        '                             ', 'tests/test_cluster.py -k slurm_jobs'),
+    'submitit imported by every comparison': ('tools/cluster.py', 'from flags import NONNEG_INT, POS_INT\n',
+                                              'import submitit\nfrom flags import NONNEG_INT, POS_INT\n',
+                                              'tests/test_cluster.py -k imported_only'),
     'vpt-deep ignores grad checkpointing': ('baselines.py', 'if vit.grad_checkpointing else block(x)',
                                             'if False else block(x)', 'tests/test_checkpointing.py'),
 }

@@ -520,7 +520,7 @@ def test_runs_are_read_back_from_the_table_or_from_their_folder_moved_elsewhere(
     again = compare.main([*argv, '--runs-dir', str(moved), '--data-dir', 'data'])
     out = capsys.readouterr().out
     assert 'tune' in out and out.count('done before, read back') == 1 and ' running ' not in out
-    assert f'resuming {os.path.join(compare.ROOT, "train.py")} --resume --out {moved / "lp-s0"} --data-dir data' in out
+    assert f'resuming {os.path.join(ROOT, "train.py")} --resume --out {moved / "lp-s0"} --data-dir data' in out
     assert again[0]['accs'] == first[0]['accs']
     # the table made there merges with the data read from yet another path (where it lies is not a setting)
     assert compare.main([*argv, '--runs-dir', str(moved)])[0]['accs'] == first[0]['accs']

@@ -6,12 +6,15 @@ results table, its statistics and its figures.
     python tools/compare.py --protocol ablation-lotep-rho                 # one of the papers' ablations
     python tools/compare.py --protocol offline-cifar10-long --report      # the table of the runs finished so far
     python tools/compare.py --list                                        # every protocol, its arms and settings
+    python tools/compare.py --protocol vtab-1k --launcher slurm --partition gpu   # a Slurm job per run (docs/gpus.md)
 
 Every run is a plain `python train.py ...` (the one training code path) into runs/<name>/<arm>-s<seed>, its log
 beside it. A finished run is read back and a killed one resumed, so a killed comparison continues where it stopped.
 Comparisons may share a runs folder: only the one holding a run's launch lock (<run>.launch) starts it, and lets go
 once its outcome (summary.json, or a .diverged marker) is on disk; the others wait, then read it back: no run is run
-twice, and a run another process holds is never touched. Tables: results/<name>.md and .json, name = the protocol
+twice, and a run another process holds is never touched. With --launcher slurm each run is a Slurm job instead
+(tools/cluster.py, submitit), requeued when preempted or out of time and resumed from its last epoch; --launcher local
+runs the same jobs as processes here. Tables: results/<name>.md and .json, name = the protocol
 (plus --tag when settings are changed), re-made whole under the table's lock from its record on disk and this
 comparison's runs: a run over fewer arms or seeds joins the table made with the same settings, never replaces it;
 other settings need their own --tag. Exit status 1 if any run failed (each named).
@@ -21,13 +24,11 @@ their summary.json files; protocols.py spells out the settings, stats.py the sta
 """
 import argparse
 import contextlib
-import ctypes
 import fcntl
 import io
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -37,14 +38,14 @@ import torch
 
 if __name__ == '__main__':  # python tools/compare.py from the project root: the project's modules come from there
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from tools import bench, predict, tables
+from tools import bench, cluster, predict, tables
+from tools.cluster import die_with_parent, record, train_command
 import train
 from flags import NONNEG_INT, POS, POS_INT, parse
 from methods import METHODS
 from tools.protocols import DATA, PROTOCOLS, WHERE, choice, flag, grid, grown, identity, plan, train_argv
 from tools.rundir import RunDir, RunDirError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project root, where train.py is
 FLAGS = ('model', 'dataset', 'data_dir', 'train_per_class', 'test_limit', 'img_size', 'epochs', 'batch_size',
          'precision')  # the protocol's settings a flag of this script changes
 TUNING_RECORD = ('final_val_acc', 'val_acc', 'train_loss', 'diverged', 'wall_s')  # what a table keeps of a tuning run
@@ -161,15 +162,14 @@ def done_before(job):
     return None
 
 
-def launch(job, guard, threads, gpu):
-    """The one place a run starts: train.py in a child process (--resume where a killed run left a checkpoint), its
-    output appended to <run>.log beside the run folder (which belongs to train.py). Returns its Popen; finish() ends
-    it and lets go of guard, its launch lock."""
-    resume = all(os.path.exists(os.path.join(job.out, f)) for f in ('config.json', 'checkpoint.pt'))
-    data_dir = job.argv[job.argv.index('--data-dir'):][:2] if '--data-dir' in job.argv else []  # this machine's
-    cmd = [sys.executable, os.path.join(ROOT, 'train.py')] + (['--resume', '--out', job.out, *data_dir] if resume
-                                                              else job.argv)
-    print(f'{job.label}: {"resuming" if resume else "running"} {" ".join(cmd[1:])}', flush=True)
+def launch(job, guard, threads, gpu, launcher=None):
+    """The one place a run starts: train.py in a child process, its output appended to <run>.log beside the run
+    folder (which belongs to train.py); or, with a launcher (tools/cluster.py), the same command as a cluster job.
+    Returns what run_all polls; finish() ends it and lets go of guard, its launch lock."""
+    if launcher is not None:
+        return launcher.submit(job, guard, threads, gpu)
+    cmd = train_command(job.argv, job.out)
+    print(f'{job.label}: {"resuming" if "--resume" in cmd else "running"} {" ".join(cmd[1:])}', flush=True)
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads)}
     if gpu is not None:
         env['CUDA_VISIBLE_DEVICES'] = str(gpu)
@@ -177,14 +177,6 @@ def launch(job, guard, threads, gpu):
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
     proc.log, proc.guard, proc.t0 = log, guard, time.time()
     return proc
-
-
-def die_with_parent():
-    """In the child: the kernel sends SIGTERM when compare.py dies, even by SIGKILL (Linux; elsewhere a no-op)."""
-    try:
-        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def test_set_accs(job, plan):
@@ -211,29 +203,29 @@ def test_set_accs(job, plan):
 
 def finish(job, proc):
     """A run's outcome, on disk before its launch lock is let go: its wall time (summed over resumed sessions), and a
-    .diverged marker where train.py stopped an exploded loss (it exits 3)."""
-    proc.log.close()
-    wall_path, log = job.out + '.wall.json', job.out + '.log'
-    wall_s = read_json(wall_path, {'wall_s': 0.0})['wall_s'] + time.time() - proc.t0
-    with open(wall_path, 'w') as f:
-        json.dump({'wall_s': wall_s}, f)
-    with open(log) as f:  # train.py's error line where the loss was NaN or exploded (check_loss; it exits 3)
-        exploded = [line for line in f if line.startswith('error: the loss ')] if proc.returncode == 3 else []
-    if proc.returncode == 0:
-        job.result = read_summary(job.out, wall_s)
-    elif exploded:
-        job.result = {'diverged': True, 'log': log}  # a result of its settings, not a failure of the comparison
-        with open(job.out + '.diverged', 'w') as f:  # kept: a later comparison reads it back, not runs it again
-            f.write(exploded[-1])
+    .diverged marker where train.py stopped an exploded loss (a result of its settings, not a failure of the
+    comparison). A cluster job recorded its own; what it left is read the same way."""
+    if isinstance(proc, subprocess.Popen):
+        proc.log.close()
+        record(job.out, proc.returncode, time.time() - proc.t0)
+    log, diverged = job.out + '.log', os.path.exists(job.out + '.diverged')  # record() marks an exploded loss
+    if diverged:
+        job.result = {'diverged': True, 'log': log}
+    elif proc.returncode == 0 and os.path.exists(os.path.join(job.out, 'summary.json')):
+        job.result = read_summary(job.out, read_json(job.out + '.wall.json', {}).get('wall_s'))
     else:
-        job.result = {'failed': f'exit {proc.returncode}', 'log': log}
+        code = proc.returncode  # train.py's exit status, or why a cluster job ended with no outcome
+        job.result = {'failed': code if isinstance(code, str) else f'exit {code}', 'log': log}
     proc.guard.close()  # closing the file releases its lock
-    print(f'{job.label}: {"finished" if "failed" not in job.result else "FAILED, see " + log}', flush=True)
+    print(f'{job.label}: {"finished" if "failed" not in job.result else "FAILED, see " + job.result["log"]}',
+          flush=True)
 
 
-def run_all(jobs, n, report=False):
-    """Runs the jobs, n side by side (one GPU each when there are several GPUs; else the CPU threads split); a job
-    another process runs now is tried again until it is free, then read back (or resumed)."""
+def run_all(jobs, plan):
+    """Runs the jobs, plan.jobs side by side (one GPU each when there are several GPUs; else the CPU threads split;
+    with a Slurm launcher, all at once unless --jobs says); a job another process runs now is tried again until it is
+    free, then read back (or resumed)."""
+    n, report, launcher = plan.jobs or max(1, len(jobs)), plan.report, plan.launcher
     gpus, threads = torch.cuda.device_count(), max(1, (os.cpu_count() or 1) // n)
     queue, running, waiting = list(jobs), {}, set()
     while queue or running:
@@ -249,7 +241,8 @@ def run_all(jobs, n, report=False):
                 continue
             queue.remove(job)
             if guard is not None:
-                running[slot] = (job, launch(job, guard, threads, slot % gpus if gpus > 1 else None))
+                gpu = slot % gpus if gpus > 1 or (gpus and launcher) else None  # a local job sees its GPU alone
+                running[slot] = (job, launch(job, guard, threads, gpu, launcher))
         for slot, (job, proc) in list(running.items()):
             if proc.poll() is not None:
                 finish(job, proc)
@@ -275,7 +268,7 @@ def tune_arms(plan, name, settings, runs_dir, recorded):
                           argv=train_argv(settings, flags_of_arm + flags + added, 0, out, plan.extra))
                 job.recorded = recorded.get(job.identity)
                 jobs[arm, config] = job
-        run_all(list(jobs.values()), plan.jobs, plan.report)
+        run_all(list(jobs.values()), plan)
         tuning = {arm: choice({c: jobs[arm, c].result for c in grid_of}, grid_of) for arm, grid_of in configs.items()}
         for arm, t in tuning.items():
             print(f'[tune {name}] {arm}: ' + ', '.join(f'{c} {v}' for c, v in t['tried'].items()) +
@@ -302,7 +295,7 @@ def compare(plan, name, settings, runs_dir):
     final_argv = {arm: plan.arm_flags[arm] + tuning.get(arm, {}).get('flags', []) + list(plan.protocol.final_flags)
                   for arm in plan.arms}
     jobs = final_jobs(plan, name, settings, runs_dir, final_argv, on_disk.get('runs', []))
-    run_all(jobs, plan.jobs, plan.report)
+    run_all(jobs, plan)
     for j in jobs:  # each finished run's prompt file on the protocol's test sets (ImageNet-R, -Sketch, -A, -V2)
         if plan.protocol.test_sets and 'test_acc' in j.result:
             j.result['test_sets'] = test_set_accs(j, plan)
@@ -368,7 +361,8 @@ def parser():
     p.add_argument('--extra', default='', help='more train.py flags for every run, e.g. "--rho 0.25" (needs --tag)')
     p.add_argument('--tune-lr', help='replace the protocol\'s lr multipliers, e.g. 0.03,0.1,1 (needs --tag)')
     p.add_argument('--no-tune', action='store_true', help='skip the protocol\'s tuning (needs --tag)')
-    p.add_argument('--jobs', type=POS_INT, default=1, help='runs side by side (a GPU each; on a CPU the threads split)')
+    p.add_argument('--jobs', type=POS_INT, help='runs side by side (a GPU each; on a CPU the threads split; default 1; '
+                   'with --launcher slurm: jobs submitted at once, default all)')
     p.add_argument('--runs-dir', help='default runs/<name>')
     p.add_argument('--report', action='store_true', help='start no run: write the table of the runs finished so far')
     p.add_argument('--bench-reps', type=NONNEG_INT, default=10, help='rounds of bench.py for the cost columns, '
@@ -376,6 +370,7 @@ def parser():
     p.add_argument('--tasks', help='of a multi-task protocol (vtab-1k): a comma list (default: all of them)')
     p.add_argument('--test-sets-dir', default=DATA, help='of a protocol with test sets (ood-lotep, '
                    'ood-lorsp): the folder of imagenet-r/, imagenet-sketch/, imagenet-a/, imagenet-v2/')
+    cluster.add_flags(p)
     return p
 
 
@@ -462,7 +457,8 @@ def planned(p, a):
     if missing and not a.report:  # refused now rather than after the runs
         p.error(f'--test-sets-dir {a.test_sets_dir}: {", ".join(missing)} missing; {a.protocol} tests every prompt '
                 f'file on {", ".join(protocol.test_sets)} (docs/usage.md, ImageNet)')
-    return plan(protocol, arms, seeds=seeds, tune_lr=tune_lr, no_tune=a.no_tune, extra=a.extra.split(), jobs=a.jobs,
+    return plan(protocol, arms, seeds=seeds, tune_lr=tune_lr, no_tune=a.no_tune, extra=a.extra.split(),
+                jobs=a.jobs or (None if a.launcher == 'slurm' else 1), launcher=cluster.launcher(p, a),
                 report=a.report, bench_reps=a.bench_reps, changes=changes, test_sets_dir=a.test_sets_dir), name, \
         settings, named
 

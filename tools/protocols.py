@@ -205,6 +205,7 @@ class Plan:
     bench_reps: int
     changes: list
     test_sets_dir: str = DATA  # where the protocol's test sets lie: <test_sets_dir>/<set>/ (compare.py --test-sets-dir)
+    launcher: object = None  # tools/cluster.py's Launcher of each run's job (None: child processes here)
 
 
 def plan(protocol, arms, *, seeds=None, tune_lr=None, no_tune=False, **how):

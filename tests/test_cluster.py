@@ -1,0 +1,207 @@
+"""compare.py --launcher slurm|local (tools/cluster.py): each run a submitit job. Through submitit's local executor a
+protocol gives the table local runs give; a preempted job is requeued and resumes from its last epoch; a job killed
+outright fails its comparison, names its log, and resumes in the next; Slurm's submission, with a fake sbatch on the
+PATH, writes the job script with the flags asked; a job still queued is waited for, not submitted twice."""
+import glob
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT
+from test_compare import TINY, results
+from tools import cluster, compare
+
+ARGS = ['--protocol', 'offline-cifar10', '--methods', 'lp,lotep_cp', '--seeds', '0', *TINY, '--no-tune']
+LP = ['--protocol', 'offline-cifar10', '--methods', 'lp', '--seeds', '0', *TINY, '--no-tune']
+
+
+def weights(run):
+    return torch.load(os.path.join(run, 'checkpoint.pt'), weights_only=False)['model']
+
+
+@pytest.mark.e2e
+def test_a_protocol_through_submitits_local_executor_gives_the_local_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    here = compare.main([*ARGS, '--tag', 'here'])
+    jobs = compare.main([*ARGS, '--tag', 'jobs', '--launcher', 'local'])
+    out = capsys.readouterr().out
+    assert out.count('submitted as local job') == 2
+    assert [(r['arm'], r['accs'], r['params']) for r in here] == [(r['arm'], r['accs'], r['params']) for r in jobs]
+    for arm in ('lp', 'lotep_cp'):
+        a, b = (weights(tmp_path / 'runs' / f'offline-cifar10-{t}' / f'{arm}-s0') for t in ('here', 'jobs'))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), arm
+        record = json.loads((tmp_path / 'runs' / 'offline-cifar10-jobs' / f'{arm}-s0.job.json').read_text())
+        assert os.path.exists(record['log']) and (tmp_path / 'runs' / 'offline-cifar10-jobs' / f'{arm}-s0.wall.json'
+                                                  ).exists()
+    again = compare.main([*ARGS, '--tag', 'jobs', '--launcher', 'local'])  # finished: read back, nothing submitted
+    out = capsys.readouterr().out
+    assert 'submitted' not in out and out.count('done before, read back') == 2 and again[0]['accs'] == jobs[0]['accs']
+    tabled = [[(r['arm'], r['accs'], r['params']) for r in results(tmp_path, f'offline-cifar10-{t}')['rows']]
+              for t in ('here', 'jobs')]
+    assert tabled[0] == tabled[1] and len(tabled[0]) == 2
+
+
+def children(pid):
+    """The processes whose parent is pid (read from /proc)."""
+    kids = []
+    for stat in glob.glob('/proc/[0-9]*/stat'):
+        try:
+            with open(stat) as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.split('/')[2]))
+    return kids
+
+
+def mid_run(tmp_path, tag, epochs, request):
+    """Starts compare.py --launcher local for one lp run of `epochs` epochs; waits until its job's train.py has
+    finished an epoch and stops it there (SIGSTOP): (compare's process, the run folder, the job's task, train.py).
+    Whatever the test's outcome, none of them outlives it (a job's task ignores SIGTERM, as on Slurm)."""
+    argv = [*LP, '--tag', tag, '--launcher', 'local']
+    argv[argv.index('--epochs') + 1] = str(epochs)
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'tools', 'compare.py'), *argv], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = tmp_path / 'runs' / f'offline-cifar10-{tag}' / 'lp-s0'
+    deadline = time.time() + 240
+    while not ((run / 'checkpoint.pt').exists() and (run / 'metrics.jsonl').exists()):
+        assert time.time() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() is not None else ''
+        time.sleep(0.01)
+    controller = int(json.loads((run.parent / 'lp-s0.job.json').read_text())['job_id'])
+    (task,) = children(controller)
+    (trainer,) = children(task)
+    request.addfinalizer(lambda: [os.kill(p, signal.SIGKILL) for p in (proc.pid, controller, task, trainer)
+                                  if os.path.exists(f'/proc/{p}')])
+    os.kill(trainer, signal.SIGSTOP)  # frozen after an epoch: the signal below lands before the run can end
+    return proc, run, task, trainer
+
+
+@pytest.mark.e2e
+def test_a_preempted_job_is_requeued_and_resumes_from_its_last_epoch(tmp_path, monkeypatch, request):
+    monkeypatch.chdir(tmp_path)
+    plain = compare.main([*LP, '--tag', 'plain', '--epochs', '4'])
+    proc, run, task, trainer = mid_run(tmp_path, 'pre', 4, request)
+    os.kill(task, signal.SIGUSR2)  # what Slurm sends a job it preempts, or 90 s before its time limit
+    time.sleep(1.0)
+    os.kill(trainer, signal.SIGCONT)  # its pending SIGTERM (from checkpoint()) ends it now
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    job_out = ''.join(open(f).read() for f in glob.glob(str(run.parent / 'lp-s0.jobs' / '*_0_log.*')))
+    assert 'the job requeued to resume from its last epoch' in job_out and 'resuming ' in job_out, job_out
+    assert [json.loads(line)['epoch'] for line in open(run / 'metrics.jsonl')] == [0, 1, 2, 3]
+    assert json.loads((run / 'summary.json').read_text())['test_acc'] == plain[0]['accs'][0]
+    a, b = weights(run), weights(tmp_path / 'runs' / 'offline-cifar10-plain' / 'lp-s0')
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.e2e
+def test_a_job_killed_outright_fails_its_comparison_and_resumes_in_the_next(tmp_path, monkeypatch, capsys,
+                                                                             request):
+    monkeypatch.chdir(tmp_path)
+    proc, run, task, trainer = mid_run(tmp_path, 'kill', 3, request)
+    os.kill(task, signal.SIGKILL)  # a node lost: no signal handler runs, nothing recorded by the job
+    os.kill(trainer, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and 'ended with no outcome' in out and 'lp-s0.jobs' in out, out
+    rows = compare.main([*LP, '--tag', 'kill', '--launcher', 'local', '--epochs', '3'])
+    job_out = ''.join(open(f).read() for f in glob.glob(str(run.parent / 'lp-s0.jobs' / '*_0_log.out')))
+    assert 'resuming ' in job_out and rows[0]['accs'] and 'submitted as local job' in capsys.readouterr().out
+    assert [json.loads(line)['epoch'] for line in open(run / 'metrics.jsonl')] == [0, 1, 2]
+
+
+FAKE_SBATCH = '''#!/bin/sh
+cp "$1" "{record}/$(ls {record} | wc -l).sh"
+echo "Submitted batch job 4242"
+'''
+FAKE_SACCT = '''#!/bin/sh
+echo "JobID|State|NodeList"
+echo "4242|$(cat {state})|node1"
+'''
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """sbatch, srun and sacct on the PATH: sbatch keeps each script it is given in <tmp>/scripts; sacct says the state
+    written in <tmp>/state."""
+    bin_, record, state = tmp_path / 'bin', tmp_path / 'scripts', tmp_path / 'state'
+    for d in (bin_, record):
+        d.mkdir()
+    for name, text in (('sbatch', FAKE_SBATCH), ('sacct', FAKE_SACCT), ('srun', '#!/bin/sh\nexit 1\n')):
+        (bin_ / name).write_text(text.format(record=record, state=state))
+        (bin_ / name).chmod(0o755)
+    monkeypatch.setenv('PATH', f'{bin_}{os.pathsep}{os.environ["PATH"]}')
+    import submitit
+    watcher = submitit.slurm.slurm.SlurmInfoWatcher(delay_s=0)
+    monkeypatch.setattr(submitit.SlurmJob, 'watcher', watcher)
+
+    def set_state(text):  # as a fresh comparison sees it: no state cached from before
+        state.write_text(text)
+        watcher.clear()
+    return record, set_state
+
+
+def test_slurm_jobs_get_the_flags_asked_and_a_queued_one_is_not_submitted_twice(tmp_path, monkeypatch, capsys,
+                                                                                 fake_slurm):
+    record, set_state = fake_slurm
+    monkeypatch.chdir(tmp_path)
+    set_state('FAILED')  # the job "ends" at once, with nothing on disk: a FAILED run naming its log
+    argv = [*LP, '--tag', 's', '--launcher', 'slurm', '--partition', 'gpu', '--time-min', '30',
+            '--gpus-per-job', '2', '--cpus-per-job', '4', '--mem-gb', '16', '--account', 'acct', '--qos', 'high',
+            '--constraint', 'a100', '--sbatch', 'exclude=node7,mail-type=FAIL']
+    with pytest.raises(SystemExit) as e:
+        compare.main(argv)
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert 'job 4242 ended with no outcome' in err and os.path.join('lp-s0.jobs', '4242_0_log.err') in err
+    (script,) = record.iterdir()
+    lines = script.read_text().splitlines()
+    for asked in ('--partition=gpu', '--time=30', '--gpus-per-node=2', '--cpus-per-task=4', '--mem=16GB',
+                  '--account=acct', '--qos=high', '--constraint=a100', '--exclude=node7', '--mail-type=FAIL',
+                  '--nodes=1', '--ntasks-per-node=1', '--signal=USR2@90', '--open-mode=append'):
+        assert f'#SBATCH {asked}' in lines, (asked, lines)
+    folder = tmp_path / 'runs' / 'offline-cifar10-s' / 'lp-s0.jobs'
+    assert any(line.startswith('srun ') and line.endswith(f'-m submitit.core._submit {folder}') for line in lines)
+    with open(folder / '4242_submitted.pkl', 'rb') as f:
+        run = pickle.load(f).function  # what the job runs: this run's train.py flags, into its folder
+    assert run.argv[run.argv.index('--out') + 1] == os.path.join('runs', 'offline-cifar10-s', 'lp-s0')
+    assert run.argv[run.argv.index('--method') + 1] == 'lp' and run.threads == 2  # 4 CPUs over 2 GPUs
+    assert run.command()[1:5] == ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']  # one per GPU
+    assert run.command()[5:] == [os.path.join(ROOT, 'train.py'), *run.argv]
+
+    set_state('PENDING')  # a comparison run again while that job waits in the queue: no second submission
+    p = compare.parser()
+    launcher = cluster.launcher(p, p.parse_args(argv))
+    job = compare.Job(label='lp', argv=run.argv, out=run.out)
+    handle = launcher.submit(job, None, 1, None)
+    assert handle.job is None and handle.poll() is None and len(list(record.iterdir())) == 1
+    assert 'job 4242 submitted before is PENDING; waiting for it' in capsys.readouterr().out
+    set_state('COMPLETED')  # ended with nothing on disk: failed, its log named
+    assert 'job 4242 ended with no outcome' in handle.poll()
+    set_state('CANCELLED')  # the next comparison submits it again
+    launcher.submit(job, None, 1, None)
+    assert len(list(record.iterdir())) == 2
+
+
+def test_cluster_flags_are_refused_without_their_launcher(capsys):
+    for argv, says in ((['--partition', 'gpu'], '--partition: Slurm settings; add --launcher slurm'),
+                       (['--launcher', 'local', '--gpus-per-job', '2'], '--gpus-per-job: Slurm settings'),
+                       (['--time-min', '5'], '--time-min is a job\'s time limit'),
+                       (['--launcher', 'slurm', '--sbatch', 'exclude'], '--sbatch takes "name=value')):
+        with pytest.raises(SystemExit):
+            compare.main(['--protocol', 'offline-cifar10', *argv])
+        assert says in capsys.readouterr().err, argv
+
+
+def test_submitit_is_imported_only_for_cluster_jobs():
+    code = ('import sys; import train; from tools import compare; compare.parser(); '
+            'print("submitit" in sys.modules)')
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == 'False'
