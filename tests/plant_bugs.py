@@ -198,6 +198,11 @@ BUGS = {
     'submitit imported by every comparison': ('tools/cluster.py', 'from flags import NONNEG_INT, POS_INT\n',
                                               'import submitit\nfrom flags import NONNEG_INT, POS_INT\n',
                                               'tests/test_cluster.py -k imported_only'),
+    "a protocol's run known by how it runs": ('tools/protocols.py',
+                                              '''    return re.sub(f' (?:{"|".join(HOW)})(?= --|$)', '', command)''',
+                                              '    return command', 'tests/test_checkpointing.py -k protocols_runs'),
+    'a resumed run forgets how it ran': ('tools/cluster.py', ", *[f for f in argv if f in HOW]]", "]",
+                                         'tests/test_checkpointing.py -k protocols_runs'),
     'vpt-deep ignores grad checkpointing': ('baselines.py', 'if vit.grad_checkpointing else block(x)',
                                             'if False else block(x)', 'tests/test_checkpointing.py'),
 }

@@ -9,7 +9,9 @@ from safetensors.torch import load_file
 import train
 from flags import parse
 from methods import BuildError, build
+from test_compare import TINY
 from test_methods import FAST, batch
+from tools import cluster, compare, protocols
 from tools.bench import saved_bytes
 
 CASES = [('lorvp', 'test_efficientnet'), ('lotep_cp', 'test_efficientnet'), ('lotep_tk', 'test_vit'),
@@ -69,3 +71,27 @@ def test_what_cannot_be_checkpointed_is_refused():
     a = train.resolve(parse(['--method', 'ft', '--model', 'test_resnet', *FAST, '--grad-checkpointing']))
     with pytest.raises(BuildError, match='BatchNorm'):  # ft in train mode would update its running stats twice
         build(a)
+
+
+def test_a_protocols_runs_take_it_as_how_they_run_not_what_they_compute(tmp_path):
+    plain, ckpt = 'python train.py --method lp --seed 0 --out a', 'python train.py --method lp --grad-checkpointing --out b'
+    assert protocols.identity(plain.replace(' --seed 0', '')) == protocols.identity(ckpt)  # the same run either way
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'config.json').write_text('{}')
+    (run / 'checkpoint.pt').write_text('')
+    argv = ['--method', 'lp', '--data-dir', 'here', '--out', str(run), '--grad-checkpointing']
+    assert cluster.train_command(argv, str(run))[2:] == ['--resume', '--out', str(run), '--data-dir', 'here',
+                                                         '--grad-checkpointing']  # a killed run resumes as asked
+
+
+@pytest.mark.e2e
+def test_a_comparison_with_it_reads_back_the_runs_made_without(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ['--protocol', 'offline-cifar10', '--tag', 'g', '--methods', 'lotep_cp', '--seeds', '0', *TINY, '--no-tune']
+    first = compare.main(argv)
+    again = compare.main([*argv, '--grad-checkpointing'])
+    out = capsys.readouterr().out
+    assert 'done before, read back' in out and again[0]['accs'] == first[0]['accs']
+    other = compare.main([*argv[:6], '--seeds', '0,1', *argv[8:], '--grad-checkpointing'])  # a new run
+    assert '--grad-checkpointing' in capsys.readouterr().out and len(other[0]['accs']) == 2

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from flags import NONNEG_INT, POS_INT
+from tools.protocols import HOW
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project root, where train.py is
 
@@ -36,10 +37,10 @@ WAITING = {'PENDING', 'RUNNING', 'REQUEUED', 'REQUEUE_HOLD', 'REQUEUE_FED', 'CON
 
 def train_command(argv, out):
     """train.py's command for a run: its argv, or --resume where a killed run left a checkpoint (the data read from
-    where this machine has it)."""
+    where this machine has it, run as asked: --grad-checkpointing)."""
     if all(os.path.exists(os.path.join(out, f)) for f in ('config.json', 'checkpoint.pt')):
         return [sys.executable, os.path.join(ROOT, 'train.py'), '--resume', '--out', out,
-                *(argv[argv.index('--data-dir'):][:2] if '--data-dir' in argv else [])]
+                *(argv[argv.index('--data-dir'):][:2] if '--data-dir' in argv else []), *[f for f in argv if f in HOW]]
     return [sys.executable, os.path.join(ROOT, 'train.py'), *argv]
 
 

@@ -265,7 +265,7 @@ def tune_arms(plan, name, settings, runs_dir, recorded):
             for config, (flags, _) in configs[arm].items():
                 out = os.path.join(runs_dir, 'tune', f'{arm}-{config}'.replace(' ', '_').replace('=', ''))
                 job = Job(label=f'[tune {name}] {arm} {config}', out=out,
-                          argv=train_argv(settings, flags_of_arm + flags + added, 0, out, plan.extra))
+                          argv=train_argv(settings, flags_of_arm + flags + added, 0, out, plan.extra, plan.how))
                 job.recorded = recorded.get(job.identity)
                 jobs[arm, config] = job
         run_all(list(jobs.values()), plan)
@@ -327,7 +327,7 @@ def final_jobs(plan, name, settings, runs_dir, final_argv, recorded_runs):
     for seed in sorted({s for seeds in plan.arm_seeds.values() for s in seeds}):
         for arm in [arm for arm in plan.arms if seed in plan.arm_seeds[arm]]:
             out = os.path.join(runs_dir, f'{arm}-s{seed}'.replace(' ', '_').replace('=', ''))
-            argv = train_argv(settings, final_argv[arm], seed, out, plan.extra)
+            argv = train_argv(settings, final_argv[arm], seed, out, plan.extra, plan.how)
             jobs.append(Job(label=f'[{name}] {arm} seed {seed}', argv=argv, out=out, arm=arm, seed=seed))
             jobs[-1].recorded = recorded.get(jobs[-1].identity)
     return jobs
@@ -350,15 +350,19 @@ def check_flags(arm, argv):
 
 def parser():
     """compare.py's flags."""
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()),
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument('--protocol', choices=sorted(PROTOCOLS))
     p.add_argument('--list', action='store_true', help='print every protocol and exit')
     p.add_argument('--methods', help='comma list of arms (default: the protocol\'s)')
     p.add_argument('--seeds', help='comma list for every arm (default: the protocol\'s seeds)')
     p.add_argument('--tag', help='names the results when settings are changed: results/<protocol>-<tag>.md')
     for key in FLAGS:
-        p.add_argument(flag(key), dest=key, help=f'change the protocol\'s {flag(key)} (needs --tag)')
+        p.add_argument(flag(key), dest=key, help=f'change the protocol\'s {flag(key)} ' + (
+            '(where the data lies: no --tag needed)' if key in WHERE else '(needs --tag)'))
     p.add_argument('--extra', default='', help='more train.py flags for every run, e.g. "--rho 0.25" (needs --tag)')
+    p.add_argument('--grad-checkpointing', action='store_true', help='train.py\'s flag for every run: less memory, '
+                   'the same runs (no --tag needed; finished runs are read back either way)')
     p.add_argument('--tune-lr', help='replace the protocol\'s lr multipliers, e.g. 0.03,0.1,1 (needs --tag)')
     p.add_argument('--no-tune', action='store_true', help='skip the protocol\'s tuning (needs --tag)')
     p.add_argument('--jobs', type=POS_INT, help='runs side by side (a GPU each; on a CPU the threads split; default 1; '
@@ -396,7 +400,7 @@ def main(argv=None):
     for table_name, task_settings, _ in named:  # refused now rather than after hours of runs
         for arm in plan.arms:
             check_flags(arm, train_argv(task_settings, plan.arm_flags[arm] + list(plan.protocol.final_flags), 0,
-                                        'unused', plan.extra))
+                                        'unused', plan.extra, plan.how))
         try:
             tables.same_settings(table_name, tables.read(table_name), task_settings, plan.extra)
         except tables.ResultsError as e:
@@ -459,6 +463,7 @@ def planned(p, a):
                 f'file on {", ".join(protocol.test_sets)} (docs/usage.md, ImageNet)')
     return plan(protocol, arms, seeds=seeds, tune_lr=tune_lr, no_tune=a.no_tune, extra=a.extra.split(),
                 jobs=a.jobs or (None if a.launcher == 'slurm' else 1), launcher=cluster.launcher(p, a),
+                how=('--grad-checkpointing',) if a.grad_checkpointing else (),
                 report=a.report, bench_reps=a.bench_reps, changes=changes, test_sets_dir=a.test_sets_dir), name, \
         settings, named
 

@@ -206,6 +206,7 @@ class Plan:
     changes: list
     test_sets_dir: str = DATA  # where the protocol's test sets lie: <test_sets_dir>/<set>/ (compare.py --test-sets-dir)
     launcher: object = None  # tools/cluster.py's Launcher of each run's job (None: child processes here)
+    how: tuple = ()  # HOW flags of every run (compare.py --grad-checkpointing)
 
 
 def plan(protocol, arms, *, seeds=None, tune_lr=None, no_tune=False, **how):
@@ -230,18 +231,22 @@ def flag(key):
 WHERE = ('out', 'data_dir')  # where a run and its data lie: a runs folder moves, the data is read from anywhere
 
 
+HOW = ('--grad-checkpointing',)  # train.py flags of how a run runs, not what it computes (flags.MEMORY)
+
+
 def identity(command):
     """What a run computes: its train.py command less the WHERE flags (--out, --data-dir; a value runs to the next
-    flag)."""
-    return re.sub(f' (?:{"|".join(flag(k) for k in WHERE)}) .*?(?= --|$)', '', command)
+    flag) and the HOW flags."""
+    command = re.sub(f' (?:{"|".join(flag(k) for k in WHERE)}) .*?(?= --|$)', '', command)
+    return re.sub(f' (?:{"|".join(HOW)})(?= --|$)', '', command)
 
 
-def train_argv(settings, arm_flags, seed, out, extra=()):
+def train_argv(settings, arm_flags, seed, out, extra=(), how=()):
     """train.py's arguments: the protocol's settings, then the arm's flags and --extra (of a repeated flag, argparse
-    keeps the last: a tuning run's --epochs 1 overrides the protocol's)."""
+    keeps the last: a tuning run's --epochs 1 overrides the protocol's), then the HOW flags asked."""
     argv = [f for key, value in settings.items() if value is not False
             for f in ((flag(key),) if value is True else (flag(key), str(value)))]
-    return argv + list(arm_flags) + ['--seed', str(seed), '--out', out] + list(extra)
+    return argv + list(arm_flags) + ['--seed', str(seed), '--out', out] + list(extra) + list(how)
 
 
 def grid(arm_flags, tune, settings, tune_flags=TUNE_FLAGS):
