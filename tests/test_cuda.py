@@ -1,4 +1,5 @@
-"""The GPU path, run on a GPU: every method trains in bf16 at 224 px with its frozen backbone untouched, a killed run
+"""The GPU path, run on a GPU: every method trains in bf16 at 224 px with its frozen backbone untouched, gradient
+checkpointing gives the same gradients in less memory, a killed run
 resumes, predict.py reproduces a run's test accuracy, torchrun sets up its NCCL group, and each method's peak memory is
 recorded. Skipped without CUDA.
 
@@ -62,6 +63,36 @@ def test_every_method_trains_two_steps_in_bf16_with_its_backbone_untouched(metho
     after = model.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in frozen.items()), method  # BatchNorm statistics included
     assert next(model.parameters()).device.type == DEVICE
+
+
+@pytest.mark.parametrize('method', ['lorvp', 'lotep_cp', 'vpt_deep'])
+def test_grad_checkpointing_gives_the_same_gradients_in_less_memory(method):
+    """--grad-checkpointing on the device, in bf16: the trainable tensors' gradients as without it (bf16's tolerance),
+    and on CUDA a lower peak of allocated memory for the step."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 3, SIZE, SIZE, generator=g).to(DEVICE)
+    y = torch.randint(0, 10, (8,), generator=g).to(DEVICE)
+    grads, peaks = [], []
+    for extra in ([], ['--grad-checkpointing']):
+        a = train.resolve(parse(['--method', method, *RUN, '--model', model_of(method), *extra]))
+        torch.manual_seed(0)
+        model = build(a).train()
+        with torch.no_grad():  # every trainable tensor non-zero, the same in both models: the prompt acts
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())).to(p))
+        if DEVICE == 'cuda':
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        with train.autocast(a):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        if DEVICE == 'cuda':
+            peaks.append(torch.cuda.max_memory_allocated())
+        grads.append({n: p.grad.float() for n, p in model.named_parameters() if p.requires_grad})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=2e-2, atol=1e-4, msg=f'{method} {n}')
+    assert not peaks or peaks[1] < peaks[0], (method, peaks)
 
 
 def test_record_peak_memory_per_method():
