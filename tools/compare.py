@@ -265,7 +265,8 @@ def tune_arms(plan, name, settings, runs_dir, recorded):
             for config, (flags, _) in configs[arm].items():
                 out = os.path.join(runs_dir, 'tune', f'{arm}-{config}'.replace(' ', '_').replace('=', ''))
                 job = Job(label=f'[tune {name}] {arm} {config}', out=out,
-                          argv=train_argv(settings, flags_of_arm + flags + added, 0, out, plan.extra, plan.how))
+                          argv=train_argv(settings, flags_of_arm + flags + added, 0, out, plan.extra,
+                                          plan.how_flags))
                 job.recorded = recorded.get(job.identity)
                 jobs[arm, config] = job
         run_all(list(jobs.values()), plan)
@@ -327,7 +328,7 @@ def final_jobs(plan, name, settings, runs_dir, final_argv, recorded_runs):
     for seed in sorted({s for seeds in plan.arm_seeds.values() for s in seeds}):
         for arm in [arm for arm in plan.arms if seed in plan.arm_seeds[arm]]:
             out = os.path.join(runs_dir, f'{arm}-s{seed}'.replace(' ', '_').replace('=', ''))
-            argv = train_argv(settings, final_argv[arm], seed, out, plan.extra, plan.how)
+            argv = train_argv(settings, final_argv[arm], seed, out, plan.extra, plan.how_flags)
             jobs.append(Job(label=f'[{name}] {arm} seed {seed}', argv=argv, out=out, arm=arm, seed=seed))
             jobs[-1].recorded = recorded.get(jobs[-1].identity)
     return jobs
@@ -400,7 +401,7 @@ def main(argv=None):
     for table_name, task_settings, _ in named:  # refused now rather than after hours of runs
         for arm in plan.arms:
             check_flags(arm, train_argv(task_settings, plan.arm_flags[arm] + list(plan.protocol.final_flags), 0,
-                                        'unused', plan.extra, plan.how))
+                                        'unused', plan.extra, plan.how_flags))
         try:
             tables.same_settings(table_name, tables.read(table_name), task_settings, plan.extra)
         except tables.ResultsError as e:
@@ -463,7 +464,7 @@ def planned(p, a):
                 f'file on {", ".join(protocol.test_sets)} (docs/usage.md, ImageNet)')
     return plan(protocol, arms, seeds=seeds, tune_lr=tune_lr, no_tune=a.no_tune, extra=a.extra.split(),
                 jobs=a.jobs or (None if a.launcher == 'slurm' else 1), launcher=cluster.launcher(p, a),
-                how=('--grad-checkpointing',) if a.grad_checkpointing else (),
+                how_flags=('--grad-checkpointing',) if a.grad_checkpointing else (),
                 report=a.report, bench_reps=a.bench_reps, changes=changes, test_sets_dir=a.test_sets_dir), name, \
         settings, named
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from data import VTAB_1K
-from flags import parse, resolve
+from flags import MEMORY, parse, resolve
 
 DATA = 'data'  # train.py's default --data-dir: cifar10.npz or torchvision's layout there, else downloaded there;
 #                a comparison reads its data from anywhere with --data-dir (where the data lies is not a setting)
@@ -206,7 +206,7 @@ class Plan:
     changes: list
     test_sets_dir: str = DATA  # where the protocol's test sets lie: <test_sets_dir>/<set>/ (compare.py --test-sets-dir)
     launcher: object = None  # tools/cluster.py's Launcher of each run's job (None: child processes here)
-    how: tuple = ()  # HOW flags of every run (compare.py --grad-checkpointing)
+    how_flags: tuple = ()  # HOW flags of every run (compare.py --grad-checkpointing)
 
 
 def plan(protocol, arms, *, seeds=None, tune_lr=None, no_tune=False, **how):
@@ -229,9 +229,7 @@ def flag(key):
 
 
 WHERE = ('out', 'data_dir')  # where a run and its data lie: a runs folder moves, the data is read from anywhere
-
-
-HOW = ('--grad-checkpointing',)  # train.py flags of how a run runs, not what it computes (flags.MEMORY)
+HOW = tuple(flag(k) for k in MEMORY)  # how a run runs, not what it computes: --grad-checkpointing
 
 
 def identity(command):
