@@ -5,14 +5,15 @@ one process with the same global batch.
 
 Every process holds the whole model and sees its share of every global batch (every world-th image of the batch one
 process would draw with the same seed). DDP averages the processes' gradients during backward (bucketed all-reduce,
-overlapped with it); GlobalBatches.weights scales each process's share of the global batch's summed loss by the
-number of processes, so that the average is the gradient of the one-process run, the last partial batch weighted by its real
-size. Evaluation: each process takes every world-th image, counts are summed. Only process 0 writes the run directory.
+overlapped with it); GlobalBatches.scale multiplies each process's summed loss by processes / n for a global batch of
+n images, so that the average is the gradient of the one-process run's mean loss, the last partial batch weighted by
+its real size. Evaluation: each process takes every world-th image, counts are summed. Only process 0 writes the run
+directory.
 
 Every collective is legal on an NCCL group: the group has a backend for each device (gloo for CPU tensors, NCCL for
 CUDA tensors), and the training loop reduces on the run's device. What a method needs summed besides the gradients
-(label-mapping counts, EVP's canvas gradient) is reduced through reduce_(), which the training loop hands to the
-methods' hooks (train.hook): a method module calls no torch.distributed.
+(label-mapping counts, EVP's canvas gradient) is reduced through reduce_tensor(), which the training loop hands to the
+methods' hooks (methods.Loop): a method module calls no torch.distributed.
 BatchNorm in train mode (ft only) keeps per-process statistics (broadcast_buffers=False: the frozen backbone's buffers
 are not sent at every step); process 0's are saved.
 """
@@ -48,7 +49,7 @@ def world():
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def reduce_(t: torch.Tensor, *, mean: bool = False) -> torch.Tensor:
+def reduce_tensor(t: torch.Tensor, *, mean: bool = False) -> torch.Tensor:
     """Sums (or averages, as DDP does the gradients) a tensor over the processes, in place; a no-op in one process."""
     if dist.is_initialized():
         dist.all_reduce(t)
@@ -57,9 +58,18 @@ def reduce_(t: torch.Tensor, *, mean: bool = False) -> torch.Tensor:
     return t
 
 
-def all_reduce(*values, device):
+def reduce_numbers(*values, device):
     """Sums numbers over the processes (a tensor on the run's device; a no-op in one process)."""
-    return reduce_(torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)).tolist()
+    return reduce_tensor(torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)).tolist()
+
+
+def gather_objects(obj) -> list:
+    """Every process's obj (picklable), in rank order: [obj] in one process. Through the CPU's gloo backend."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def data_parallel(module, device):
@@ -97,10 +107,14 @@ class GlobalBatches:
             batch = order[i:i + self.batch_size]
             yield batch[rank::size] or batch[:1]
 
-    def weights(self, i):
-        """(w, scale, n) for global batch i of n images: w = 1, or 0 where this process holds a stand-in image; scale
-        turns this process's summed loss into its part of the global batch's mean loss. DDP averages the processes'
-        gradients, so each process's part is multiplied by the number of processes: scale = processes / n."""
+    def images(self, i) -> int:
+        """n, the images of global batch i (over every process)."""
+        return min(self.batch_size, self.n - i * self.batch_size)
+
+    def scale(self, i) -> float:
+        """What this process's summed loss over its share of global batch i is multiplied by: processes / n, so that
+        DDP's average of the processes' gradients is the gradient of the batch's mean loss (1 / n in one process); 0
+        where this process holds a stand-in image."""
         rank, size = world()
-        n = min(self.batch_size, self.n - i * self.batch_size)
-        return float(len(range(rank, n, size)) > 0), size / n, n
+        n = self.images(i)
+        return size / n if len(range(rank, n, size)) > 0 else 0.0

@@ -87,8 +87,8 @@ class LoRSP(nn.Module):
             raise ValueError(f'factors and rank must be >= 1, got n = {factors}, r = {rank}')
         if not tau >= 1:
             raise ValueError(f'tau must be >= 1 (the leak divides the input by tau), got {tau}')
-        if mode not in MODES or combine not in ('mean', *EQ9):
-            raise ValueError(f'mode must be one of {tuple(MODES)} and combine one of {("mean", *EQ9)}')
+        if mode not in ('lif', *ABLATIONS) or combine not in ('mean', *EQ9):
+            raise ValueError(f'mode must be one of {("lif", *ABLATIONS)} and combine one of {("mean", *EQ9)}')
         if orientation not in ('cols', 'rows') or surrogate not in ('sigmoid', 'atan'):
             raise ValueError("orientation must be 'cols' or 'rows', surrogate 'sigmoid' or 'atan'")
         if mode in ('topk', 'dropout') and not 0.0 <= sparsity < 1.0:
@@ -98,8 +98,7 @@ class LoRSP(nn.Module):
         self.surrogate, self.alpha = surrogate, alpha
         self.B = nn.Parameter(torch.zeros(channels, size, rank))  # the shared low-rank basis, (c, L, r)
         self.W = nn.Parameter(torch.randn(size, factors * rank) * init_std)  # the spatial projection, (L, n r)
-        self.record_stats = False  # train.py turns it on: spike rates, density at its evaluations (extra passes)
-        self._stats = None
+        self._stats = None  # diagnostics gathered in evaluation (pop_stats)
 
     def forward(self, x):  # (B, c, L, L) -> (B, c, L, L)
         L = self.W.shape[0]
@@ -107,32 +106,36 @@ class LoRSP(nn.Module):
             raise ValueError(f'LoRSP was built for {L} x {L} images and got '
                              f'{x.shape[-2]} x {x.shape[-1]}: build it with size={x.shape[-1]} or resize the images')
         P_hat, spike_rate = self.sparse_prompt(x)  # Eqs. (4)-(9)
-        if self.record_stats and not self.training:
+        if not self.training:
             self._record(P_hat, spike_rate)
         # Eq. (10): x_hat = x + P_hat; the backbone's normalization comes after
         return x + P_hat
 
     def sparse_prompt(self, x):  # (B, c, L, L) -> P_hat (B, c, L, L), firing rate of each step (n,) or None
-        if self.mode != 'lif' or self.combine != 'mean':
-            return MODES[self.mode](self, x)
+        if self.mode != 'lif':
+            return ABLATIONS[self.mode](self, x)  # no neurons: the paper's ablations (below)
+        if self.combine != 'mean':
+            return eq9_variant(self, x)  # another reading of Eq. (9) (below)
         # Eq. (4): A_x = x W, each image row projected; Split_n: A^k = A_x[..., k r:(k + 1) r]
         A = (x @ self.W).unflatten(-1, (self.n, self.r))  # (B, c, L, n r) -> (B, c, L, n, r)
         V = torch.full_like(x, self.v_reset)  # V_0: a fresh state for every image and every forward
         P_hat, rates = torch.zeros_like(x), []
         for k in range(self.n):  # the factors are the neurons' time steps
-            P_k = self.factor(A[..., k, :])  # Eq. (5): (B, c, L, L)
+            P_k = self.prompt_factor(A[..., k, :])  # Eq. (5): (B, c, L, L)
             S_k, _, V = lif_step(P_k, V, tau=self.tau, v_th=self.v_th, v_reset=self.v_reset, spike=self.spike)
             P_hat = P_hat + S_k * P_k  # Eq. (9): sum_t S_t P_t ...
-            if self.record_stats and not self.training:
+            if not self.training:
                 rates.append(S_k.mean())  # a diagnostic (pop_stats)
         return P_hat / self.n, torch.stack(rates) if rates else None  # ... (1/n) sum_t S_t P_t
 
-    def factor(self, A_k):  # Eq. (5): (B, c, L, r) -> P_k (B, c, L, L)
-        return factor(self.B, A_k, self.orientation)
+    def prompt_factor(self, A_k):  # Eq. (5): (B, c, L, r) -> P_k (B, c, L, L)
+        if self.orientation == 'cols':
+            return self.B @ A_k.transpose(-1, -2)  # P_k[c, i, j] = sum_t B[c, i, t] A^k[c, j, t]
+        return A_k @ self.B.transpose(-1, -2)  # rows: P_k[c, i, j] = sum_t A^k[c, i, t] B[c, j, t]
 
-    def factors(self, x):  # all n factors, stacked: (B, c, L, L) -> (B, n, c, L, L) (figures, Eq. 9 variants)
+    def prompt_factors(self, x):  # all n factors, stacked: (B, c, L, L) -> (B, n, c, L, L) (figures, Eq. 9 variants)
         A = (x @ self.W).unflatten(-1, (self.n, self.r))  # (B, c, L, n, r)
-        return torch.stack([self.factor(A[..., k, :]) for k in range(self.n)], 1)
+        return torch.stack([self.prompt_factor(A[..., k, :]) for k in range(self.n)], 1)
 
     def spike(self, v):
         return SpikeFunction.apply(v, self.alpha, self.surrogate)
@@ -160,15 +163,24 @@ class LoRSP(nn.Module):
             out['spike_rate'] = [round(float(v), 4) for v in (s['spikes'] / s['images']).tolist()]
         return out
 
+    @torch.no_grad()
+    def figures(self, images) -> dict:
+        """The paper's Fig. 5 and 3b for some images (B, c, L, L): 'prompts', a row per image (the image | P_hat, 0.5
+        grey = 0, scaled per image | the prompted image), and 'factor_correlation', the n x n Pearson correlation of
+        the factors P_1..P_n, averaged over the images."""
+        was_training = self.training
+        self.train(False)
+        P_hat, _ = self.sparse_prompt(images)  # (B, c, L, L)
+        P = self.prompt_factors(images).flatten(2)  # (B, n, c L L)
+        self.train(was_training)
+        shown = 0.5 + P_hat / (2 * P_hat.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1, 1))
+        rows = torch.stack([images, shown, (images + P_hat).clamp(0, 1)], 1)  # (B, 3, c, L, L)
+        correlation = torch.stack([torch.corrcoef(p) for p in P]).nan_to_num(0.0).mean(0)  # (n, n)
+        return {'prompts': rows.cpu(), 'factor_correlation': correlation.cpu()}
+
     @staticmethod
     def num_trainable(size, factors, rank, channels=3):
         return size * rank * (channels + factors)  # Eqs. (13)-(15): #B = c L r, #W = L n r
-
-
-def factor(basis, A_t, orientation):  # Eq. (5): (c, L, r) and (B, c, L, r) -> P_t (B, c, L, L)
-    if orientation == 'cols':
-        return basis @ A_t.transpose(-1, -2)  # P_t[c, i, j] = sum_k B[c, i, k] A^t[c, j, k]
-    return A_t @ basis.transpose(-1, -2)  # rows: P_t[c, i, j] = sum_k A^t[c, i, k] B[c, j, k]
 
 
 # ---- the ablations (docs/lorsp.md): no neurons, the mean of the factors instead ----
@@ -176,7 +188,7 @@ def factor(basis, A_t, orientation):  # Eq. (5): (c, L, r) and (B, c, L, r) -> P
 def mean_factor(m: LoRSP, x):  # (1/n) sum_k P_k: (B, c, L, L)
     # Eq. (5) is linear in A^k, so the mean of the n products is one product with the mean of the A^k
     A = (x @ m.W).unflatten(-1, (m.n, m.r)).mean(-2)  # (B, c, L, n, r) -> (B, c, L, r)
-    return m.factor(A)
+    return m.prompt_factor(A)
 
 
 def lpf(m, x):  # LPF: a dense instance-specific prompt
@@ -202,7 +214,7 @@ def dropout(m, x):  # zero each entry with probability `sparsity` at training ti
 
 
 def eq9_variant(m, x):  # LIF over the stacked factors, then an alternative reading of Eq. (9)
-    P = m.factors(x)  # (B, n, c, L, L)
+    P = m.prompt_factors(x)  # (B, n, c, L, L)
     V, S, H = torch.full_like(x, m.v_reset), [], []
     for t in range(m.n):
         s, h, V = lif_step(P[:, t], V, tau=m.tau, v_th=m.v_th, v_reset=m.v_reset, spike=m.spike)
@@ -212,7 +224,7 @@ def eq9_variant(m, x):  # LIF over the stacked factors, then an alternative read
     return EQ9[m.combine](S, H, P), S.transpose(0, 1).flatten(1).mean(1)
 
 
-MODES = {'lif': eq9_variant, 'mean': lpf, 'topk': topk, 'dropout': dropout}
+ABLATIONS = {'mean': lpf, 'topk': topk, 'dropout': dropout}  # mode -> how P_hat is made instead
 EQ9 = {  # the other readings of Eq. (9) (docs/lorsp.md); 'mean' (the method) is LoRSP.sparse_prompt
     'sum': lambda S, H, P: (S * P).sum(1),  # sum_t S_t P_t (n times larger: interacts with the lr)
     'last': lambda S, H, P: S[:, -1] * P.mean(1),  # the last step's spikes gate the mean factor

@@ -1,9 +1,12 @@
-"""What `python train.py --method NAME` means: one row per method, with everything about it on that row.
+"""What `python train.py --method NAME` means: one row per method, with everything about it on that row, and all a
+method asks of the training loop (train.py names no method).
 
     row = METHODS['lotep_cp']
     row.recipe    # optimizer, lr, wd, epochs, batch size, lr schedule: the official code's (flags override)
     row.defaults  # this method's defaults of shared flags (rank, rho, init std, label map, image scale, ...)
     model = row.build(a, K)  # a: train.py's resolved arguments, K classes -> an Adapted model
+    opt = optimizer(a, model)  # the recipe's optimizer over what trains
+    loop = Loop(model, features=model.features, batches=...)  # the methods' hooks, called by the loop at their moments
 
 A builder takes the arguments and the options fixed on its row (functools.partial), never the method's name.
 """
@@ -25,6 +28,10 @@ import grouped_vp
 import lorsp
 import lotep
 from backbones import Adapted, checkpointed, create, family, normalizer, on_meta
+
+OPTIMIZERS = ('sgd', 'adam', 'evp')  # --optimizer: SGD with momentum 0.9, Adam, or EVP's normalized step (baselines)
+LABEL_MAPS = ('lp', 'fm', 'ilm', 'flm', 'freq', 'iter', 'mode')  # --label-map: the head (assemble below)
+INPUT_PROMPTS = ('none', 'lorvp', 'cp')  # --input-prompt of LoTeP: none, LoR-VP's, or a CP pixel prompt
 
 # ---- assembling a model: backbone, deep prompts on it, an input prompt, the head ----
 
@@ -153,6 +160,10 @@ class Method:
     build: Callable  # build(a, K) -> Adapted
     recipe: dict  # optimizer, lr, wd, epochs, batch_size, schedule_lr (and prompt_lr where it differs from lr)
     defaults: dict = field(default_factory=dict)  # defaults of shared flags; a callable gets the arguments
+    flags: tuple = ()  # the flags of OWN_FLAGS this method takes
+
+
+OWN_FLAGS = {'save_prompts': 'draws LoRSP prompts and factors', 'compile': 'compiles LoRSP prompts'}  # some methods'
 
 
 LORVP_RECIPE = dict(optimizer='sgd', lr=0.02, wd=1e-4, epochs=20, batch_size=256, schedule_lr='cosine')  # LoR-VP
@@ -161,6 +172,7 @@ BORDER_RECIPE = dict(optimizer='adam', lr=0.01, wd=0.0, epochs=200, batch_size=1
 LOTEP = dict(rank=6, rho=deep_rho, init_std=lotep.INIT_STD)  # r0 = 6 in all of LoTeP's results
 LORVP = dict(rank=4, init_std=0.01)  # LoR-VP's r = 4, A ~ N(0, 0.01^2)
 LORSP = dict(rank=4, init_std=0.01)  # (n, r) = (4, 4): 6,272 parameters at 224 px; W ~ N(0, 0.01^2)
+LORSP_FLAGS = ('save_prompts', 'compile')  # its figures (LoRSP.figures), its prompt compiled
 
 METHODS = {
     'lp': Method('linear probe: a fresh linear head on the frozen backbone', build_lp, LORVP_RECIPE),
@@ -180,13 +192,13 @@ METHODS = {
     'naive_deep_vp': Method('naive deep VP: a full C x H x W prompt per block, LoTeP\'s blocks', build_naive_deep_vp,
                             LORVP_RECIPE, {'rho': deep_rho}),
     'lorsp': Method('LoRSP: LIF spikes over n instance-specific low-rank factors gate a sparse input prompt',
-                    partial(build_lorsp, mode='lif'), LORSP_RECIPE, LORSP),
+                    partial(build_lorsp, mode='lif'), LORSP_RECIPE, LORSP, LORSP_FLAGS),
     'lorsp_lpf': Method('LoRSP ablation LPF: the factors averaged, no neurons', partial(build_lorsp, mode='mean'),
-                        LORSP_RECIPE, LORSP),
+                        LORSP_RECIPE, LORSP, LORSP_FLAGS),
     'lorsp_topk': Method('LoRSP ablation: top-k of the mean factor (--sparsity zeroed)',
-                         partial(build_lorsp, mode='topk'), LORSP_RECIPE, LORSP),
+                         partial(build_lorsp, mode='topk'), LORSP_RECIPE, LORSP, LORSP_FLAGS),
     'lorsp_dropout': Method('LoRSP ablation: random dropout of the mean factor (--sparsity zeroed)',
-                            partial(build_lorsp, mode='dropout'), LORSP_RECIPE, LORSP),
+                            partial(build_lorsp, mode='dropout'), LORSP_RECIPE, LORSP, LORSP_FLAGS),
     'lorvp': Method('LoR-VP: a per-channel low-rank prompt B A added to the image before normalization', build_lorvp,
                     LORVP_RECIPE, LORVP),
     'ilm_vp': Method('ILM-VP: shrunk image, sigmoid border, greedy label mapping every epoch',
@@ -208,8 +220,13 @@ METHODS = {
 
 
 def resolve_defaults(a):
-    """Fill every argument left at None from the method's recipe and defaults (callables see the others)."""
+    """Fill every argument left at None from the method's recipe and defaults (callables see the others); a flag of
+    some methods only (OWN_FLAGS) given to another is refused."""
     row = METHODS[a.method]
+    for flag, what in OWN_FLAGS.items():
+        if getattr(a, flag, None) and flag not in row.flags:
+            takers = ', '.join(m for m, r in METHODS.items() if flag in r.flags)
+            raise BuildError(f'--{flag.replace("_", "-")} {what}; use it with a lorsp method ({takers})')
     for key, value in {**row.recipe, 'label_map': 'lp', **row.defaults}.items():
         if getattr(a, key, None) is None:
             setattr(a, key, value(a) if callable(value) else value)
@@ -260,10 +277,35 @@ def load_state(model, state, *, source):
                          f'unexpected {result.unexpected_keys[:3]}); is it from another method\'s run?')
 
 
-@torch.no_grad()
-def cached_features(model, splits, a):
-    """Only the head trains (lp): the frozen backbone's pooled features of the un-augmented images are computed once
-    and the head trains on them. The same batches, the same maths: only the repeated backbone forwards go."""
+# ---- what the loop asks of a method: its optimizer, what trains, its hooks ----
+
+def optimizer(a, model):
+    """The run's optimizer over what trains, two groups: everything but the head at --prompt-lr (default --lr), the
+    head at --lr, both x --lr-scale (each group's base_lr: the lr schedule multiplies it). SGD with momentum 0.9, Adam,
+    or EVP's normalized step on its prompt (baselines.EVPUpdate) with SGD on the head."""
+    head = {id(p) for p in model.head.parameters()}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in head]
+    evp = a.optimizer == 'evp'
+    groups = [dict(params=rest, lr=(a.prompt_lr or a.lr) * a.lr_scale, normalized=evp, weight_decay=0 if evp else a.wd),
+              dict(params=[p for p in model.head.parameters() if p.requires_grad], lr=a.lr * a.lr_scale,
+                   normalized=False, weight_decay=a.wd)]
+    groups = [dict(g, base_lr=g['lr']) for g in groups if g['params']]
+    if evp:
+        return baselines.EVPUpdate(groups, prompt=model.prompt, lr=a.lr * a.lr_scale, weight_decay=a.wd)
+    groups = [{k: v for k, v in g.items() if k != 'normalized'} for g in groups]
+    return torch.optim.Adam(groups) if a.optimizer == 'adam' else torch.optim.SGD(groups, momentum=0.9)
+
+
+def what_trains(a, model, splits):
+    """(the module the loop trains, the data it trains on): the model on the images; or, where only the head trains
+    (lp), the head on the frozen backbone's pooled features of the images, computed once here (the same batches and the
+    same maths: only the repeated backbone forwards go)."""
+    head = {id(p) for p in model.head.parameters()}
+    label_maps = any(isinstance(m, baselines.SourceLabelMap) for m in model.modules())
+    if label_maps or not all(id(p) in head for p in model.parameters() if p.requires_grad):
+        return model, splits
+
+    @torch.no_grad()
     def cache(ds):
         feats, labels = [], []
         for x, y in DataLoader(ds, batch_size=a.batch_size, num_workers=a.workers):
@@ -272,41 +314,35 @@ def cached_features(model, splits, a):
             labels.append(y.to(a.device))
         return TensorDataset(torch.cat(feats), torch.cat(labels))
     model.eval()
-    return data.Splits(train=cache(splits.train), val=cache(splits.val) if splits.val is not None else None,
-                       test=cache(splits.test), num_classes=splits.num_classes)
+    return model.head, data.Splits(train=cache(splits.train), val=cache(splits.val) if splits.val is not None else None,
+                                   test=cache(splits.test), num_classes=splits.num_classes, classes=splits.classes)
 
 
-def only_head_trains(model) -> bool:
-    head = {id(p) for p in model.head.parameters()}
-    label_maps = any(isinstance(m, baselines.SourceLabelMap) for m in model.modules())
-    return all(id(p) in head for p in model.parameters() if p.requires_grad) and not label_maps
-
-
-# ---- how a method takes part in the loop: its modules' hooks, called by name ----
-
-@dataclass
 class Loop:
-    """What the loop hands a method's hooks. The loop owns every collective: a hook sums only through reduce."""
-    features: Callable  # images -> the frozen backbone's output, prompt included (what a label mapping counts)
-    batches: Callable  # () -> this process's share of the training images, in order
-    reduce: Callable = distributed.reduce_  # sums (mean=True: averages) a tensor over the processes, in place
-
-
-def hook(model, name, *args) -> dict:
-    """Calls `name` on every module of the model that defines it and merges what they return. The hooks:
+    """How a method takes part in the loop: the loop calls these at their moments, and each calls the method of that
+    name on every module of the model that has one (a module's hook gets this Loop):
         epoch_start(epoch, loop)  before each epoch (label mappings: recount the source predictions when due)
         after_backward(loop)      after each backward (EVP's prompt: its canvas gradient, averaged over processes)
         pop_stats()               after each evaluation: diagnostics for metrics.jsonl (LoRSP: spike rates, density)
-    A module with a `record_stats` attribute gathers its diagnostics while the run evaluates."""
-    out = {}
-    for fn in hooks(model, name):
-        out.update(fn(*args) or {})
-    return out
+    features: images -> the frozen backbone's output, prompt included (what a label mapping counts); batches: () ->
+    this process's share of the training images, in order; reduce: sums (mean=True: averages) a tensor over the
+    processes, in place. The loop owns every collective: a hook sums only through reduce."""
 
+    def __init__(self, model, *, features, batches, reduce=distributed.reduce_tensor):
+        self.features, self.batches, self.reduce = features, batches, reduce
+        self.hooks = {name: [getattr(m, name) for m in model.modules() if m is not model and
+                             callable(getattr(m, name, None))] for name in ('epoch_start', 'after_backward', 'pop_stats')}
 
-def hooks(model, name) -> list:
-    """The model's modules' methods called `name` (the loop looks up after_backward once, not at every step)."""
-    return [getattr(m, name) for m in model.modules() if m is not model and callable(getattr(m, name, None))]
+    def epoch_start(self, epoch):
+        for hook in self.hooks['epoch_start']:
+            hook(epoch, self)
+
+    def after_backward(self):
+        for hook in self.hooks['after_backward']:
+            hook(self)
+
+    def pop_stats(self) -> dict:
+        return {k: v for hook in self.hooks['pop_stats'] for k, v in (hook() or {}).items()}
 
 
 def autocast(a):

@@ -8,7 +8,8 @@ processes under torchrun).
 Arguments -> resolve -> set-up (run directory, model, data) -> the loop -> summary. The run directory (--out, default
 runs/<method>-<model>-<dataset>-s<seed>-<settings hash>) gets config.json, metrics.jsonl (a line per epoch),
 checkpoint.pt (after every epoch), summary.json and prompt.safetensors; --resume continues a killed run and ends where
-the uninterrupted run would. A method takes part in the loop only through hook() below.
+the uninterrupted run would. A method takes part in the loop only through methods.py (its optimizer, what trains, its
+hooks: methods.Loop); this file names none.
 """
 import math
 import sys
@@ -20,21 +21,18 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import backbones
-import baselines
 import data
 import distributed
-import lorsp
-from distributed import GlobalBatches, all_reduce, share, world
+from distributed import GlobalBatches, reduce_numbers, reduce_tensor, share, world
 from flags import UsageError, default_out, parse, resolve, resumed_args, same_run
-from methods import (BuildError, Loop, StateError, autocast, build, cached_features, hook, hooks, load_state,
-                     only_head_trains, trainable_state)
-from tools.report import Progress, finish, print_start, print_summary
-from tools.rundir import RunDir, RunDirError
+from methods import BuildError, Loop, StateError, autocast, build, load_state, optimizer, trainable_state, what_trains
+from runs import Progress, RunDir, RunDirError, finish, print_start, print_summary
 
-# ---- the learning rate, the optimizer, the batches ----
+# ---- the learning rate and the batches ----
 
 
 def lr_factor(a, step, total, steps_per_epoch):
+    """The lr schedule: what the base lr of each parameter group is multiplied by at this step."""
     t, epoch, warmup = step / total, step // steps_per_epoch, a.warmup_epochs * steps_per_epoch
     if a.schedule_lr == 'cosine':  # per step, to 0, no warmup (LoR-VP)
         return 0.5 * (1 + math.cos(math.pi * t))
@@ -49,18 +47,9 @@ def lr_factor(a, step, total, steps_per_epoch):
     return 1.0
 
 
-def make_optimizer(a, model):
-    head = {id(p) for p in model.head.parameters()}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in head]
-    evp = a.optimizer == 'evp'
-    groups = [dict(params=rest, lr=(a.prompt_lr or a.lr) * a.lr_scale, normalized=evp, weight_decay=0 if evp else a.wd),
-              dict(params=[p for p in model.head.parameters() if p.requires_grad], lr=a.lr * a.lr_scale,
-                   normalized=False, weight_decay=a.wd)]
-    groups = [dict(g, base_lr=g['lr']) for g in groups if g['params']]
-    if evp:
-        return baselines.EVPUpdate(groups, prompt=model.prompt, lr=a.lr * a.lr_scale, weight_decay=a.wd)
-    groups = [{k: v for k, v in g.items() if k != 'normalized'} for g in groups]
-    return torch.optim.Adam(groups) if a.optimizer == 'adam' else torch.optim.SGD(groups, momentum=0.9)
+def set_lr(opt, factor):
+    for group in opt.param_groups:
+        group['lr'] = group['base_lr'] * factor
 
 
 def loader(ds, a, *, seed=None):
@@ -89,11 +78,11 @@ def evaluate(net, ds, a, label='evaluating'):
         sums += torch.stack([(logits.argmax(1) == y).sum(), F.cross_entropy(logits, y, reduction='sum')])
         n += len(y)
         progress.update(i + 1, n)  # counts batches and images only: nothing is read from the device
-    correct, loss, n = distributed.reduce_(torch.cat([sums, sums.new_tensor([n])])).tolist()
+    correct, loss, n = reduce_tensor(torch.cat([sums, sums.new_tensor([n])])).tolist()
     return 100.0 * correct / n, loss / n
 
 
-# ---- the explode rule ----
+# ---- the explode rule, and what the loop watches ----
 
 class Diverged(Exception):
     """The loss became NaN or infinite, or exploded: the run stops, its last good checkpoint kept."""
@@ -116,77 +105,83 @@ def check_loss(loss, K, first_loss, epoch, where):
                    f'first step\'s loss) = {line:.3g}; chance level is ln K = {math.log(K):.3g})')
     else:
         return
-    raise Diverged(f'{problem}; the run stopped and its last checkpoint (epoch {epoch}) is kept. Try a lower --lr '
-                   f'(or --lr-scale), or --precision fp32')
+    kept = f'its last checkpoint (epoch {epoch}) is kept' if epoch else 'no epoch had finished, so no checkpoint was written'
+    raise Diverged(f'{problem}; the run stopped and {kept}. Try a lower --lr (or --lr-scale), or --precision fp32')
+
+
+class Watch:
+    """An epoch's running loss and accuracy, summed on the device at every step and read from it (a wait for the GPU)
+    every READ_EVERY steps for the explode rule, and in one process when the progress line is due."""
+
+    def __init__(self, a, dl, epoch, K, first_loss):
+        self.sampler, self.epoch, self.K, self.first_loss = dl.batch_sampler, epoch, K, first_loss
+        self.progress = Progress(len(dl), f'epoch {epoch + 1}/{a.epochs}', show=world()[0] == 0)
+        self.sums = torch.zeros(2, dtype=torch.float64, device=a.device)  # summed loss, correct predictions
+        self.seen, self.read, self.checked = 0, [0.0, 0.0], dict(loss=0.0, seen=0, step=0)  # the last read and check
+
+    def step(self, i, loss_sum, correct):
+        real = float(self.sampler.scale(i) > 0)  # 0: this process held a stand-in image (torchrun, a small batch)
+        self.sums += torch.stack([loss_sum.double(), correct.sum().double()]) * real
+        self.seen += self.sampler.images(i)
+        if self.first_loss is None:  # the run's first step, before any update: the explode rule's reference
+            self.first_loss = reduce_tensor(loss_sum.double() * real).item() / self.sampler.images(i)
+        check = (i + 1) % READ_EVERY == 0 or i + 1 == len(self.sampler)  # every process reads at the same steps
+        if check or (world()[1] == 1 and self.progress.due(i + 1)):
+            self.read = reduce_tensor(self.sums.clone()).tolist()  # summed loss, correct predictions, all processes
+            if check:  # the mean loss of the steps since the last check
+                check_loss((self.read[0] - self.checked['loss']) / (self.seen - self.checked['seen']), self.K,
+                           self.first_loss, self.epoch, f'steps {self.checked["step"] + 1}-{i + 1}')
+                self.checked = dict(loss=self.read[0], seen=self.seen, step=i + 1)
+            self.progress.update(i + 1, self.seen, self.read[0] / self.seen, 100.0 * self.read[1] / self.seen)
 
 
 # ---- the loop ----
 
-def train_epoch(a, net, opt, dl, epoch, K, state):
+def train_epoch(a, net, opt, dl, epoch, loop, watch):
     """One epoch's steps; returns (summed loss, correct predictions, images) over the global batches."""
-    ddp = state['ddp']  # net, or net in DDP under torchrun (it averages the processes' gradients in backward)
-    steps, total = len(dl), a.epochs * len(dl)
-    progress = Progress(steps, f'epoch {epoch + 1}/{a.epochs}', show=world()[0] == 0)
-    sums = torch.zeros(2, dtype=torch.float64, device=a.device)  # summed loss, correct predictions: on the device
-    seen, read, checked = 0, (0.0, 0.0), dict(loss=0.0, seen=0, step=0)  # the sums at the last read, last check
+    steps = len(dl)
     for i, (x, y) in enumerate(dl):
-        for g in opt.param_groups:
-            g['lr'] = g['base_lr'] * lr_factor(a, epoch * steps + i, total, steps)
+        set_lr(opt, lr_factor(a, epoch * steps + i, a.epochs * steps, steps))  # the lr schedule, per step
         x, y = x.to(a.device, non_blocking=True), y.to(a.device, non_blocking=True)
-        with autocast(a):  # the step: forward, loss, backward, update
-            logits = ddp(x)
-        w, scale, n = dl.batch_sampler.weights(i)  # distributed.py: this process's share of the global batch
-        loss_sum = F.cross_entropy(logits.float(), y, reduction='sum') * w
+        with autocast(a):
+            logits = net(x)  # forward: prompt, frozen backbone, head
+        loss_sum = F.cross_entropy(logits.float(), y, reduction='sum')  # loss: summed over this batch
         opt.zero_grad(set_to_none=True)
-        (loss_sum * scale).backward()  # the global batch's mean loss
-        for after_backward in state['after_backward']:  # methods.hook: e.g. EVP's canvas gradient, averaged
-            after_backward(state['loop'])
-        opt.step()
-        sums += torch.stack([loss_sum.detach(), (logits.argmax(1) == y).sum() * w])
-        seen += n
-        if state['first_loss'] is None:  # the run's first step, before any update: the explode rule's reference
-            state['first_loss'] = distributed.reduce_(loss_sum.detach().double()).item() / n
-        # one wait for the device per read: the explode rule's every READ_EVERY steps and at the end, and, in one
-        # process, when the progress line is due (under torchrun every process must read at the same steps)
-        check = (i + 1) % READ_EVERY == 0 or i + 1 == steps
-        if check or (world()[1] == 1 and progress.due(i + 1)):
-            read = distributed.reduce_(sums.clone()).tolist()  # summed loss, correct predictions
-            if check:  # the mean loss of the steps since the last check
-                check_loss((read[0] - checked['loss']) / (seen - checked['seen']), K, state['first_loss'], epoch,
-                           f'steps {checked["step"] + 1}-{i + 1}')
-                checked = dict(loss=read[0], seen=seen, step=i + 1)
-            progress.update(i + 1, seen, read[0] / seen, 100.0 * read[1] / seen)
-    return read[0], read[1], seen
+        # backward of the batch's mean loss: loss_sum / n for a batch of n images in one process (under torchrun each
+        # process holds a share of the n, and DDP averages the processes' gradients: GlobalBatches.scale)
+        (loss_sum * dl.batch_sampler.scale(i)).backward()
+        loop.after_backward()  # a method's hook (EVP: its canvas gradient over the global batch)
+        opt.step()  # update
+        watch.step(i, loss_sum.detach(), logits.argmax(1) == y)
+    return watch.read[0], watch.read[1], watch.seen
 
 
 def train(a, model, splits, run, ckpt=None):
-    """The epochs (from a checkpoint's, if given); returns the metrics of every epoch, training time, images seen."""
-    opt = make_optimizer(a, model)
+    """The epochs (from a checkpoint's, if given); returns the metrics of every epoch, training time, images seen.
+    The frozen backbone stays in eval mode all along (its BatchNorm statistics and dropout as pretrained): model.train()
+    puts the prompt and the head in train mode, never the backbone (backbones.Adapted.train), unless ft trains it."""
+    opt = optimizer(a, model)
     history, train_time, images_seen, first_loss = [], 0.0, 0, None
     if ckpt is not None:  # set-up loaded its model state
         opt.load_state_dict(ckpt['optimizer'])
         history, train_time, images_seen = ckpt['history'], ckpt['train_time_s'], ckpt['images_seen']
         first_loss = ckpt.get('first_loss')
         print(f'resuming {run.path} after epoch {len(history)}/{a.epochs}')
-    net = model
-    if only_head_trains(model):  # lp: the backbone's forwards happen once, here, and count as training time
-        t0 = time.time()
-        splits, net = cached_features(model, splits, a), model.head
-        train_time += time.time() - t0
-    loop = Loop(features=model.features, batches=lambda: loader(share(splits.train), a))
-    state = dict(ddp=distributed.data_parallel(net, a.device), loop=loop, first_loss=first_loss,
-                 after_backward=hooks(net, 'after_backward'))
-    for m in model.modules():  # method diagnostics (LoRSP's spike rates) at this run's evaluations
-        if hasattr(m, 'record_stats'):
-            m.record_stats = True
+    t0 = time.time()
+    net, splits = what_trains(a, model, splits)  # lp: the head, on features computed once (counted as training)
+    train_time += time.time() - t0
+    loop = Loop(model, features=model.features, batches=lambda: loader(share(splits.train), a))
+    ddp = distributed.data_parallel(net, a.device)  # net, or net in DDP under torchrun (it averages the gradients)
     for epoch in range(len(history), a.epochs):
         torch.manual_seed(a.seed * 100_003 + epoch)  # dropout masks etc.: the same with and without a resume
         t0 = time.time()
         model.eval()
-        hook(model, 'epoch_start', epoch, loop)
+        loop.epoch_start(epoch)
         net.train()
         dl = loader(splits.train, a, seed=a.seed * 100_003 + epoch)
-        loss, correct, seen = train_epoch(a, net, opt, dl, epoch, splits.num_classes, state)
+        watch = Watch(a, dl, epoch, splits.num_classes, first_loss)
+        loss, correct, seen = train_epoch(a, ddp, opt, dl, epoch, loop, watch)
+        first_loss = watch.first_loss
         train_time, images_seen = train_time + time.time() - t0, images_seen + seen
         row = dict(epoch=epoch, train_loss=loss / seen, train_acc=100.0 * correct / seen,
                    lr=opt.param_groups[-1]['lr'], epoch_time_s=time.time() - t0)
@@ -195,17 +190,15 @@ def train(a, model, splits, run, ckpt=None):
             evaluations.append(('test', splits.test))
         for name, ds in evaluations:  # the last update may have blown the model up: its evaluation says so
             row[f'{name}_acc'], eval_loss = evaluate(net, ds, a, f'{name} images')
-            check_loss(eval_loss, splits.num_classes, state['first_loss'], epoch, f'on the {name} images after its '
-                       f'last update')
-            stats = hook(model, 'pop_stats')
+            check_loss(eval_loss, splits.num_classes, first_loss, epoch, f'on the {name} images after its last update')
+            stats = loop.pop_stats()
             row.update(stats if name == 'test' else {})  # method diagnostics on the test set
         history.append(row)
         if world()[0] == 0:
             print(f'epoch {epoch + 1}/{a.epochs}: ' + ' '.join(
                 f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}' for k, v in row.items() if k != 'epoch'))
             run.save_checkpoint(dict(model=trainable_state(model), optimizer=opt.state_dict(), history=history,
-                                     train_time_s=train_time, images_seen=images_seen,
-                                     first_loss=state['first_loss']))
+                                     train_time_s=train_time, images_seen=images_seen, first_loss=first_loss))
             run.write_metrics(history)
     return history, train_time, images_seen
 
@@ -235,9 +228,6 @@ def setup(a, argv, rank):
         model = build(a)  # model errors before data loading
         if ckpt is not None:
             load_state(model, ckpt['model'], source=run.file('checkpoint.pt'))
-        for flag, what in (('save_prompts', 'draws LoRSP prompts and factors'), ('compile', 'compiles LoRSP prompts')):
-            if getattr(a, flag) and not isinstance(model.prompt, lorsp.LoRSP):
-                raise UsageError(f'--{flag.replace("_", "-")} {what}; use it with a lorsp method')
         splits = data.load(a.dataset, data_dir=a.data_dir, img_size=a.img_size, seed=a.seed,
                            train_per_class=a.train_per_class, test_limit=a.test_limit, val_split=a.val_split,
                            splits=a.splits)
@@ -268,7 +258,7 @@ def main(argv=None):
     except SETUP_ERRORS as e:
         error = e
     # every process stops if one could not set up (under torchrun on GPUs, a tensor on this process's GPU)
-    if all_reduce(error is not None, device=device if size > 1 and device.startswith('cuda') else 'cpu')[0]:
+    if reduce_numbers(error is not None, device=device if size > 1 and device.startswith('cuda') else 'cpu')[0]:
         print(f'error: {error}' if error else 'error: another process could not set up (see its message)',
               file=sys.stderr)
         raise SystemExit(2)

@@ -74,8 +74,8 @@ BUGS = {
                                             'p.grad / (p.grad.norm() + 1e-12)', 'tests/test_baselines.py'),
     'resume forgets the optimizer': ('train.py', "        opt.load_state_dict(ckpt['optimizer'])\n", '',
                                      'tests/test_train.py'),
-    'torchrun loss not scaled by the processes': ('distributed.py', 'return float(len(range(rank, n, size)) > 0), size / n, n',
-                                                  'return float(len(range(rank, n, size)) > 0), 1 / n, n',
+    'torchrun loss not scaled by the processes': ('distributed.py', 'return size / n if len(range(rank, n, size)) > 0',
+                                                  'return 1 / n if len(range(rank, n, size)) > 0',
                                                   'tests/test_train.py -k torchrun'),
     'label-map counts not summed over processes': (
         'baselines.py', 'self.set_mapping(loop.reduce(self.count_sources(loop.features, loop.batches())))',
@@ -85,7 +85,7 @@ BUGS = {
     'nccl group only': ('distributed.py', "return 'cpu:gloo,cuda:nccl' if cuda else 'gloo'",
                         "return 'nccl' if cuda else 'gloo'", 'tests/test_train.py -k group'),
     'bench before saving the prompt file': (
-        'tools/report.py', "    summary['prompt_file'] = save_prompt(",
+        'runs.py', "    summary['prompt_file'] = save_prompt(",
         "    __import__('tools.bench', fromlist=['bench']).train_step(a, model, torch.rand(4, 3, a.img_size, a.img_size, "
         "device=a.device), torch.zeros(4, dtype=torch.long, device=a.device))\n    summary['prompt_file'] = save_prompt(",
         'tests/test_train.py -k prompt_file'),

@@ -19,6 +19,7 @@ import torch
 
 from tools import bench
 from tools import predict
+import methods
 import train
 from conftest import ROOT
 from flags import parse
@@ -47,8 +48,8 @@ def test_every_method_trains_two_steps_in_bf16_with_its_backbone_untouched(metho
     g = torch.Generator().manual_seed(0)
     x = torch.rand(8, 3, SIZE, SIZE, generator=g).to(a.device)
     y = torch.randint(0, 10, (8,), generator=g).to(a.device)
-    train.hook(model.eval(), 'epoch_start', 0, train.Loop(features=model.features, batches=lambda: [(x, y)]))
-    opt = train.make_optimizer(a, model)
+    methods.Loop(model.eval(), features=model.features, batches=lambda: [(x, y)]).epoch_start(0)
+    opt = methods.optimizer(a, model)
     if a.device.startswith('cuda'):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

@@ -16,7 +16,8 @@ import layouts
 import train
 from conftest import needs_lite0, needs_tiny
 from tools import compare, predict
-from tools.serve import load_task, save_prompt
+from runs import save_prompt
+from tools.serve import load_task
 
 pytestmark = needs_tiny
 INFO = os.path.join(os.path.dirname(timm.data.__file__), '_info')

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 import lorsp
 from backbones import Adapted, normalizer
-from tools.figures import lorsp_figures
+import runs
 
 
 # ---- the reference: the first implementation, all n factors stacked as (B, n, c, L, L) ----
@@ -125,14 +125,14 @@ def test_factors_match_an_explicit_loop_and_orientations_are_transposes():
     with torch.no_grad():
         m.B.normal_()
     x = torch.rand(1, 3, 6, 6)
-    P = m.factors(x)  # (1, n, c, L, L)
+    P = m.prompt_factors(x)  # (1, n, c, L, L)
     A = x[0] @ m.W  # Eq. (4): (c, L, n r)
     for k in range(2):
         A_k = A[:, :, k * 3:(k + 1) * 3]  # Split along the last dimension: (c, L, r)
         for c in range(3):
             assert torch.allclose(P[0, k, c], m.B[c] @ A_k[c].T, atol=1e-6)  # Eq. (5): P_k = B (A^k)^T
     m.orientation = 'rows'
-    assert torch.allclose(m.factors(x), P.transpose(-1, -2), atol=1e-6)
+    assert torch.allclose(m.prompt_factors(x), P.transpose(-1, -2), atol=1e-6)
 
 
 def test_zero_prompt_at_init_equals_the_linear_probe():
@@ -176,7 +176,7 @@ def test_topk_keeps_exactly_the_requested_fraction_and_dropout_only_in_training(
     P = m.sparse_prompt(x)[0]
     kept = 300 - round(sparsity * 300)
     assert (P != 0).flatten(1).sum(1).tolist() == [kept] * 4
-    dense = m.factors(x).mean(1)
+    dense = m.prompt_factors(x).mean(1)
     kept_mask = P.flatten(1) != 0
     magnitude = dense.abs().flatten(1)
     for i in range(4):  # the kept entries are the largest |mean factor| ones, unchanged
@@ -192,22 +192,29 @@ def test_topk_keeps_exactly_the_requested_fraction_and_dropout_only_in_training(
     assert abs(zeroed - sparsity) < 0.02
 
 
-def test_stats_and_figures(tmp_path):
+def test_stats_in_evaluation_only_and_figures(tmp_path):
     m = lorsp.LoRSP(size=16, factors=3, rank=2)
     with torch.no_grad():
         m.B.normal_()
+    m.train()
+    m(torch.rand(5, 3, 16, 16))
+    assert m.pop_stats() == {}  # training forwards gather none
     m.eval()
-    with torch.no_grad():
-        m(torch.rand(5, 3, 16, 16))
-    assert m.pop_stats() == {}  # off unless asked (train.py asks): inference makes no extra pass for them
-    m.record_stats = True
     with torch.no_grad():
         m(torch.rand(5, 3, 16, 16))
     stats = m.pop_stats()
     assert len(stats['spike_rate']) == 3 and all(0 < s < 1 for s in stats['spike_rate'])
     assert 0 < stats['prompt_density'] < 1 and m.pop_stats() == {}
     m.train()
-    paths = lorsp_figures(m, torch.rand(4, 3, 16, 16), str(tmp_path))
+    x = torch.rand(4, 3, 16, 16)
+    figures = m.figures(x)
+    assert figures['prompts'].shape == (4, 3, 3, 16, 16) and torch.equal(figures['prompts'][:, 0], x)
+    P = m.prompt_factors(x[:1]).flatten(2)[0]  # (n, c L L): the correlation of image 0, computed by hand
+    P = (P - P.mean(1, keepdim=True)) / P.std(1, keepdim=True)
+    one = lorsp.LoRSP(size=16, factors=3, rank=2)
+    one.load_state_dict(m.state_dict())
+    assert torch.allclose(one.figures(x[:1])['factor_correlation'], P @ P.T / (P.shape[1] - 1), atol=1e-5)
+    paths = runs.save_figures(figures, str(tmp_path))
     assert [os.path.basename(p) for p in paths] == ['prompts.png', 'factor_correlation.png']
     assert all(os.path.getsize(p) > 500 for p in paths) and m.training  # the mode is restored
     from PIL import Image

@@ -16,6 +16,7 @@ import data
 import grouped_vp
 import lotep
 import lorsp
+import methods
 import train
 from flags import parse
 from methods import METHODS, autocast, build
@@ -52,7 +53,7 @@ def own_parameters(model):
 
 def start_epoch(model, x, y):
     was_training = model.training  # label mappings need their pass over the data first (train.py's epoch_start hook)
-    train.hook(model.eval(), 'epoch_start', 0, train.Loop(features=model.features, batches=lambda: [(x, y)]))
+    methods.Loop(model.eval(), features=model.features, batches=lambda: [(x, y)]).epoch_start(0)
     model.train(was_training)
 
 
@@ -69,7 +70,7 @@ def test_every_own_parameter_gets_a_gradient_and_moves(method):
         return
     assert own
     x, y = batch()
-    opt = train.make_optimizer(a, model)
+    opt = methods.optimizer(a, model)
     start_epoch(model, x, y)
     before = {n: p.detach().clone() for n, p in own.items()}
     model.train()
@@ -211,7 +212,7 @@ def test_every_method_trains_under_bf16_autocast_on_the_cpu(method):
     a, model = make(method, '--precision', 'bf16', model='test_vit' if method == 'vpt_deep' else 'test_efficientnet')
     x, y = batch()
     start_epoch(model, x, y)
-    opt = train.make_optimizer(a, model)
+    opt = methods.optimizer(a, model)
     model.train()
     with autocast(a):
         logits = model(x)

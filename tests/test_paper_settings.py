@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import backbones
+import methods
 import train
 from conftest import ROOT
 from flags import parse, resolve
@@ -72,8 +73,8 @@ def test_clip_vit_b32_runs_with_every_method(monkeypatch):
         model = build(a)
         assert model.normalize.mean.flatten().tolist() == pytest.approx([0.48145466, 0.4578275, 0.40821073])
         x = torch.rand(2, 3, 64, 64)
-        train.hook(model.eval(), 'epoch_start', 0,
-                   train.Loop(features=model.features, batches=lambda: [(x, torch.tensor([0, 1]))]))
+        methods.Loop(model.eval(), features=model.features,
+                     batches=lambda: [(x, torch.tensor([0, 1]))]).epoch_start(0)
         model.train()
         loss = F.cross_entropy(model(x), torch.tensor([0, 1]))
         loss.backward()

@@ -10,7 +10,8 @@ from PIL import Image
 
 from tools import predict
 from tools import serve
-from tools.rundir import load_run
+from runs import read_prompt
+from tools.serve import load_run
 import train
 from conftest import needs_lite0
 
@@ -35,7 +36,7 @@ def test_every_run_writes_a_small_prompt_file_that_rebuilds_it(runs):
     path = runs['lorvp']['dir'] / 'prompt.safetensors'
     assert runs['lorvp']['prompt_file'] == str(path)
     assert os.path.getsize(path) < 80_000  # LoR-VP at 32 px (768) and a 10-class head (12,810): about 55 KB
-    state, meta = serve.read_prompt(str(path))
+    state, meta = read_prompt(str(path))
     assert meta['method'] == 'lorvp' and meta['model'] == 'tf_efficientnet_lite0.in1k' and meta['img_size'] == 32
     assert meta['classes'] == [str(k) for k in range(10)] and meta['test_acc'] == runs['lorvp']['test_acc']
     assert meta['mean'] == [0.5, 0.5, 0.5] and len(meta['weights_sha256']) == 64

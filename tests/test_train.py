@@ -73,11 +73,9 @@ def test_the_cached_linear_probe_is_the_uncached_one(tmp_path, monkeypatch):
     args = ['--method', 'lp', '--epochs', '2', '--lr', '0.05', '--val-split', '0.2']
     cached = run(tmp_path, *args, name='cached')
     calls = []
-    original = train.cached_features
-    monkeypatch.setattr(train, 'cached_features', lambda *a: calls.append(1) or original(*a))
-    monkeypatch.setattr(train, 'only_head_trains', lambda model: False)
-    uncached = run(tmp_path, *args, name='uncached')
-    assert not calls
+    monkeypatch.setattr(train, 'what_trains', lambda a, model, splits: calls.append(1) or (model, splits))
+    uncached = run(tmp_path, *args, name='uncached')  # the whole model trains, its head alone moving
+    assert calls
     test_accs = lambda name: [m['test_acc'] for m in metrics(tmp_path, name)]
     assert test_accs('cached') == test_accs('uncached')
     assert cached['val_acc'] == uncached['val_acc']
@@ -367,7 +365,7 @@ def test_every_methods_prompt_file_reproduces_its_runs_test_accuracy(tmp_path, m
     for vpt_deep), so that anything that runs the model in train mode between the last epoch and the saving (a speed
     bench once did, for ft: its BatchNorm statistics took the timing batches) changes the saved file."""
     from tools import predict
-    from tools.serve import read_prompt
+    from runs import read_prompt
     model = 'test_vit' if method == 'vpt_deep' else 'test_resnet'
     s = train.main(['--method', method, '--model', model, '--no-pretrained', '--dataset', 'synthetic', '--img-size',
                     '32', '--epochs', '1', '--train-per-class', '20', '--out', str(tmp_path / 'r')])

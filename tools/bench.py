@@ -40,6 +40,7 @@ if __name__ == '__main__':  # python tools/bench.py from the project root: the p
 import baselines
 import data
 from tools import tables
+import methods
 import train
 from backbones import Adapted, create, normalizer
 from flags import POS_INT, parse, resolve
@@ -114,7 +115,7 @@ def saved_bytes(model, fn):
 def memory(a, model, floor, x, y):
     """One training step's memory, counted, for the method (with its optimizer's step) and for its floor; MB and the
     ratio. On CUDA also the peak the allocator saw in each step."""
-    opt = train.make_optimizer(a, model)
+    opt = methods.optimizer(a, model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     saved = saved_bytes(model, lambda: train_step(a, model, x, y, opt=opt))
     parts = dict(weights=nbytes(itertools.chain(model.parameters(), model.buffers())), gradients=nbytes(trainable),
@@ -372,7 +373,8 @@ def write_profile(b, settings, tasks):
 def serving_tasks(b, methods):
     """Each method's model with non-zero prompts, written as a prompt file; served together (MultiTask) and alone."""
     import tempfile
-    from tools.serve import MultiTask, load_task, save_prompt
+    from runs import save_prompt
+    from tools.serve import MultiTask, load_task
     paths = []
     with tempfile.TemporaryDirectory() as tmp:
         for t, method in enumerate(methods):

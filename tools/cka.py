@@ -20,8 +20,8 @@ if __name__ == '__main__':  # python tools/cka.py from the project root: the pro
 import data
 import lotep
 import train
-from tools.figures import pyplot
-from tools.rundir import load_run
+from runs import pyplot
+from tools.serve import load_run
 from flags import POS_INT
 
 

@@ -44,7 +44,7 @@ import train
 from flags import NONNEG_INT, POS, POS_INT, parse
 from methods import METHODS
 from tools.protocols import DATA, PROTOCOLS, WHERE, choice, flag, grid, grown, identity, plan, train_argv
-from tools.rundir import RunDir, RunDirError
+from runs import RunDir, RunDirError
 
 FLAGS = ('model', 'dataset', 'data_dir', 'train_per_class', 'test_limit', 'img_size', 'epochs', 'batch_size',
          'precision')  # the protocol's settings a flag of this script changes

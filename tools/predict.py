@@ -27,7 +27,8 @@ if __name__ == '__main__':  # python tools/predict.py from the project root: the
 import data
 import train
 from flags import NONNEG_INT, POS_INT, dataset_name, device_name
-from tools.serve import MultiTask, PromptFileError, load_task
+from runs import PromptFileError
+from tools.serve import MultiTask, load_task
 
 
 class Images(Dataset):

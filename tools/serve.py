@@ -1,14 +1,14 @@
-"""A trained prompt as a small file, and many tasks served from one frozen backbone in one batch.
+"""A trained run used again: its model rebuilt from a prompt file or a run folder, and many tasks served from one
+frozen backbone in one batch.
 
-    save_prompt(model, a, 'prompt.safetensors', classes=[...], test_acc=83.5)   # train.py writes one for every run
     a, model, meta = load_task('prompt.safetensors')        # the run's model, rebuilt from the file alone
+    a, model = load_run('runs/x')                           # or from its run folder (config.json, checkpoint.pt)
     server = MultiTask(['cifar.safetensors', 'pets.safetensors'])                # one backbone, T tasks
     logits = server(x, task)  # x: (B, 3, S, S) in [0, 1], task: (B,) ints -> a list of B logit vectors
 
-A prompt file (safetensors) holds what is not the frozen backbone: the prompt, the head, label-mapping buffers (LoRA:
-its A and B; full fine-tuning: the whole model), and in its header the run's arguments (method, shape arguments, the
-backbone's name and tag, image size), its class names, the backbone's normalization, the run's test accuracy, and a
-fingerprint of the backbone's weights (backbones.fingerprint), checked when the file is used.
+A prompt file (runs.save_prompt writes one for every run) holds what is not the frozen backbone and, in its header, the
+run's arguments, its class names, the backbone's normalization, the run's test accuracy, and a fingerprint of the
+backbone's weights (backbones.fingerprint), checked when the file is used.
 
 Serving many tasks: input-space prompts (LoR-VP, LoRSP, border prompts) act on their own images, deep prompts
 (LoTeP, grouped VP) are added per image at each block (the prompt of the image's task), and every image goes to its
@@ -24,50 +24,11 @@ import torch.nn as nn
 import lotep
 from backbones import create, normalizer
 from flags import resolve, saved_args
-from methods import StateError, build, load_state, trainable_state
+from methods import StateError, build, load_state
+from runs import PromptFileError, RunDir, RunDirError, read_prompt
 
-FORMAT = 'visual-prompt/1'
-HEADER = ('method', 'model', 'weights', 'img_size', 'classes', 'mean', 'std', 'dataset', 'weights_sha256', 'args')
 SHARE_NOTHING = {'ft': 'fine-tunes the backbone', 'lora': 'adapts the backbone\'s weights',
                  'vpt_deep': 'inserts tokens into the backbone\'s sequence'}
-
-
-class PromptFileError(Exception):
-    """A prompt file that cannot be used as asked; the message names the file."""
-
-
-def save_prompt(model, a, path, *, classes, test_acc=None):
-    """Writes the run's trained state that is not the frozen backbone, with what is needed to use it."""
-    from safetensors.torch import save_file
-    state = {k: v.detach().to('cpu').contiguous() for k, v in trainable_state(model).items()}
-    meta = dict(format=FORMAT, method=a.method, model=a.model, weights=model.weights_loaded, img_size=a.img_size,
-                classes=list(classes), mean=list(model.normalize.mean.flatten().tolist()),
-                std=list(model.normalize.std.flatten().tolist()), test_acc=test_acc, dataset=a.dataset,
-                test_limit=a.test_limit, weights_sha256=model.weights_sha256, args=vars(a))
-    save_file(state, path, metadata={k: json.dumps(v) for k, v in meta.items()})
-    return path
-
-
-def read_prompt(path):
-    """(trainable state, metadata) of a prompt file, or a PromptFileError naming what is wrong with it."""
-    from safetensors import safe_open
-    if not os.path.isfile(path):
-        raise PromptFileError(f'--prompt {path}: no such file')
-    try:
-        with safe_open(path, framework='pt') as f:
-            header = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-        meta = {k: json.loads(v) for k, v in header.items()}
-    except Exception as e:
-        raise PromptFileError(f'--prompt {path}: not a readable safetensors file ({type(e).__name__}: '
-                              f'{str(e).strip().splitlines()[0][:120]})') from None
-    if meta.get('format') != FORMAT:
-        raise PromptFileError(f'--prompt {path}: a safetensors file, but not a prompt file of this codebase (its '
-                              f'header has no format {FORMAT!r}); train.py writes them as prompt.safetensors')
-    missing = [k for k in HEADER if k not in meta]
-    if missing:
-        raise PromptFileError(f'--prompt {path}: a damaged prompt file: its header lacks {", ".join(missing)}')
-    return state, meta
 
 
 def load_task(path, *, device='cpu'):
@@ -87,6 +48,22 @@ def load_task(path, *, device='cpu'):
     except StateError as e:
         raise PromptFileError(str(e)) from None
     return a, model.eval(), meta
+
+
+def load_run(path, *, device='cpu', base=False):
+    """The arguments and trained model of a run directory (cka.py, theory/); base=True: the frozen model it started
+    from, with a plain linear head. Raises RunDirError for a path that is not such a run."""
+    run = RunDir(path)
+    if not run.exists('config.json') or not run.exists('checkpoint.pt'):
+        raise RunDirError(f'{path}: not a trained run (it needs config.json and checkpoint.pt from train.py)')
+    a = saved_args(run.read_json('config.json')['args'])
+    a.device, a.resume = device, False
+    if base:
+        a.method, a.label_map, a.save_prompts, a.compile = 'lp', 'lp', 0, False
+    model = build(resolve(a))  # seeded as train.py built it: the same backbone and head init
+    if not base:
+        load_state(model, run.load_checkpoint(device)['model'], source=run.file('checkpoint.pt'))
+    return a, model.eval()
 
 
 def check_backbone(model, meta, path):

@@ -315,7 +315,7 @@ def tuning_lines(arm, t):
 def figures(name, rows, incomplete=''):
     """Accuracy (mean ± std over seeds) against trainable parameters (log scale) and against training time; an
     unfinished table's plots say so in their title (incomplete: which runs they hold), as its Markdown does."""
-    from tools.figures import pyplot
+    from runs import pyplot
     plt = pyplot()
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     done = [r for r in rows if r['accs']]
