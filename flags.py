@@ -75,10 +75,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--model', default='resnet18', help='a timm model name, or name.tag; without a tag, the papers\' '
                                                        'weights (backbones.PAPER_TAGS), e.g. resnet18.tv_in1k')
     p.add_argument('--dataset', default='cifar100', type=dataset_name, metavar='DATASET',
-                   help=f'{", ".join(sorted(data.NUM_CLASSES))}; folder (your images: --data-dir/train/<class>/*, '
-                        f'test/<class>/*, val/<class>/* if any); vtab-1k:<task> (a processed VTAB-1k task in '
-                        f'--data-dir/<task>/: {", ".join(data.VTAB_1K)}); fgvc:<task> (VPT\'s json splits in '
-                        f'--data-dir: {", ".join(data.FGVC)})')
+                   help=f'{", ".join(n for n in sorted(data.NUM_CLASSES) if n not in data.TEST_SETS)}; folder (your '
+                        f'images: --data-dir/train/<class>/*, test/<class>/*, val/<class>/* if any); vtab-1k:<task> '
+                        f'(a processed VTAB-1k task in --data-dir/<task>/); fgvc:<task> (VPT\'s json splits in '
+                        f'--data-dir); docs/usage.md lists the tasks')
     p.add_argument('--data-dir', default='data', help='where data sets are read or downloaded (default ./data)')
     p.add_argument('--splits', choices=['final', 'tune'], help='vtab-1k: final (the default) trains on train800val200 '
                    'and tests on test.txt; tune trains on train800 and validates on val200. fgvc: tune (the default, '
@@ -252,5 +252,5 @@ def resolve(a):
     if a.workers is None:
         a.workers = 8 if a.device.startswith('cuda') else 0
     if a.splits is None:  # FGVC as VPT runs it: train on train.json, choose the epoch on val.json, report test.json
-        a.splits = 'tune' if data.fgvc_task(a.dataset) else 'final'
+        a.splits = 'tune' if a.dataset.startswith('fgvc:') else 'final'
     return a

@@ -224,7 +224,9 @@ def finish(a, model, splits, run, history, train_time, images_seen, trainable):
                                          test_acc=summary['test_acc'])
     if a.save_prompts:
         images = torch.stack([splits.test[i][0] for i in range(min(a.save_prompts, len(splits.test)))])
-        summary['figures'] = save_figures(model.prompt.figures(images.to(a.device)), run.path)
+        figures = model.prompt.figures(images.to(a.device))
+        summary['figures'] = save_figures(figures, run.path)
+        summary.update({k: [[round(v, 4) for v in row] for row in x.tolist()] for k, x in figures.items() if x.dim() == 2})
     where = '' if a.dataset == 'cifar10-sample' else f' --data-dir {a.data_dir}'  # the sample needs no folder
     summary['predict'] = f'python tools/predict.py --prompt {summary["prompt_file"]} --dataset {a.dataset}{where}'
     run.write_json('summary.json', summary)
@@ -248,47 +250,21 @@ def print_summary(s, run):
     print('\n'.join(f'{k:<34} {v}' for k, v in rows if v is not None))
 
 
-def pyplot():
-    """matplotlib's pyplot without a display (files only)."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def save_figures(figures, folder) -> list[str]:
     """A prompt's figures (its figures() hook: LoRSP's Fig. 5 and 3b) as PNGs in the run folder: rows of images
-    (B, k, c, H, W) in [0, 1] as a grid of B rows, a matrix (n, n) in [-1, 1] as a heatmap with its numbers."""
+    (B, k, c, H, W) in [0, 1] as a grid of B rows; a matrix (n, n) in [-1, 1] as n x n squares, white at 0, red
+    towards 1 and blue towards -1 (its numbers go into summary.json)."""
     from torchvision.utils import save_image
-    paths = []
-    for name, x in figures.items():
-        paths.append(os.path.join(folder, f'{name}.png'))
-        if x.dim() == 5:
-            save_image(x.flatten(0, 1), paths[-1], nrow=x.shape[1], padding=2, pad_value=1.0)
-            continue
-        plt, n = pyplot(), len(x)
-        fig, ax = plt.subplots(figsize=(1.2 + 0.8 * n, 1 + 0.8 * n))
-        im = ax.imshow(x.numpy(), vmin=-1, vmax=1, cmap='coolwarm')
-        for (i, j), v in zip([(i, j) for i in range(n) for j in range(n)], x.flatten().tolist()):
-            ax.text(j, i, f'{v:.2f}', ha='center', va='center', fontsize=8)
-        ax.set_xticks(range(n), [f'P{k + 1}' for k in range(n)])
-        ax.set_yticks(range(n), [f'P{k + 1}' for k in range(n)])
-        ax.set_title(name.replace('_', ' '))
-        fig.colorbar(im, ax=ax, fraction=0.046)
-        fig.tight_layout()
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+    paths = [os.path.join(folder, f'{name}.png') for name in figures]
+    for path, x in zip(paths, figures.values()):
+        if x.dim() == 2:  # (n, n) -> (3, 32 n, 32 n)
+            x = torch.stack([1 + x.clamp(max=0), 1 - x.abs(), 1 - x.clamp(min=0)]).repeat_interleave(32, 1)
+            x = x.repeat_interleave(32, 2)[None, None]
+        save_image(x.flatten(0, 1), path, nrow=x.shape[1], padding=2, pad_value=1.0)
     return paths
 
 
-# ---- the prompt file ----
-
-FORMAT = 'visual-prompt/1'
-HEADER = ('method', 'model', 'weights', 'img_size', 'classes', 'mean', 'std', 'dataset', 'weights_sha256', 'args')
-
-
-class PromptFileError(Exception):
-    """A prompt file that cannot be used as asked; the message names the file."""
+FORMAT = 'visual-prompt/1'  # a prompt file's header says it is one (tools/serve.py reads them)
 
 
 def save_prompt(model, a, path, *, classes, test_acc=None):
@@ -301,25 +277,3 @@ def save_prompt(model, a, path, *, classes, test_acc=None):
                 test_limit=a.test_limit, weights_sha256=model.weights_sha256, args=vars(a))
     save_file(state, path, metadata={k: json.dumps(v) for k, v in meta.items()})
     return path
-
-
-def read_prompt(path):
-    """(trainable state, metadata) of a prompt file, or a PromptFileError naming what is wrong with it."""
-    from safetensors import safe_open
-    if not os.path.isfile(path):
-        raise PromptFileError(f'--prompt {path}: no such file')
-    try:
-        with safe_open(path, framework='pt') as f:
-            header = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-        meta = {k: json.loads(v) for k, v in header.items()}
-    except Exception as e:
-        raise PromptFileError(f'--prompt {path}: not a readable safetensors file ({type(e).__name__}: '
-                              f'{str(e).strip().splitlines()[0][:120]})') from None
-    if meta.get('format') != FORMAT:
-        raise PromptFileError(f'--prompt {path}: a safetensors file, but not a prompt file of this codebase (its '
-                              f'header has no format {FORMAT!r}); train.py writes them as prompt.safetensors')
-    missing = [k for k in HEADER if k not in meta]
-    if missing:
-        raise PromptFileError(f'--prompt {path}: a damaged prompt file: its header lacks {", ".join(missing)}')
-    return state, meta

@@ -3,6 +3,7 @@ import os
 import platform
 import socket
 import sys
+import tempfile
 
 # The suite computes the same on every CPU it meets: 2 threads, here and in the processes it starts (train.py,
 # torchrun, compare's runs inherit the environment), and on x86 oneDNN's AVX2 kernels (its convolutions and matrix
@@ -12,6 +13,8 @@ import sys
 # test's own flag (train.py's default is fp32 on every CPU).
 THREADS = 2
 os.environ.update(OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
+# the record of checked images (formats/images.py) in a folder of this session's, not the user's ~/.cache
+os.environ['VP_CHECKED_DIR'] = tempfile.mkdtemp(prefix='vp-checked-')
 if platform.machine().lower() in ('x86_64', 'amd64'):
     os.environ.update(ONEDNN_MAX_CPU_ISA='AVX2')
 

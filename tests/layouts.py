@@ -122,7 +122,7 @@ def tiny_wnid_images(wnids, per_class):
 def imagenet_classes(n=6):
     """n Tiny-ImageNet wnids that are classes of ImageNet-R and of ImageNet-A too (sorted), so that every set holds
     them."""
-    from data import imagenet_wnids
+    from formats.imagenet import wnids as imagenet_wnids
     with zipfile.ZipFile(os.path.join(SHARED_DATA, 'tiny-imagenet-200-subset.zip')) as z:
         tiny = set(z.read('tiny-imagenet-200/wnids.txt').decode().split())
     both = sorted(tiny & set(imagenet_wnids('imagenet-r')) & set(imagenet_wnids('imagenet-a')))
@@ -140,7 +140,7 @@ def imagenet(root, wnids=None, others=3):
     root/imagenet-sketch/<wnid>/ and root/imagenet-v2/<1000-class index>/, the test sets holding the same images
     (each class's last 3). ImageNet holds `others` classes more, in neither R nor A (a model can predict a class R
     does not score). Returns {set: folder} and the wnids of the test sets."""
-    from data import imagenet_wnids
+    from formats.imagenet import wnids as imagenet_wnids
     wnids = wnids or imagenet_classes()
     index = {w: i for i, w in enumerate(imagenet_wnids())}
     with zipfile.ZipFile(os.path.join(SHARED_DATA, 'tiny-imagenet-200-subset.zip')) as z:

@@ -18,10 +18,13 @@ def test_cifar10_npz_subset_and_order():
     assert x.shape == (3, 48, 48) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
     assert np.bincount(s.train.base.labels, minlength=10).tolist() == [20] * 10
     raw = np.load(os.path.join(SHARED_DATA, 'cifar10.npz'))
-    assert s.test.base.labels == raw['y_test'][:30].tolist()  # the first N test images, in order
-    first = torch.from_numpy(raw['x_test'][0]).permute(2, 0, 1).float() / 255
-    same_size = data.load('cifar10', data_dir=SHARED_DATA, img_size=32, seed=0, train_per_class=1, test_limit=1)
-    assert torch.equal(same_size.test[0][0], first)  # lossless at the native size
+    assert s.test.base.labels == raw['y_test'][s.test.base.indices].tolist()  # in the set's order
+    assert np.bincount(s.test.base.labels, minlength=10).tolist() == [3] * 10  # spread: 1,000 a class, 30 of them
+    other = data.load('cifar10', data_dir=SHARED_DATA, img_size=48, seed=1, train_per_class=20, test_limit=30)
+    assert other.test.base.indices == s.test.base.indices  # the same test images for every seed
+    k = s.test.base.indices[0]
+    same_size = data.load('cifar10', data_dir=SHARED_DATA, img_size=32, seed=0, train_per_class=1, test_limit=30)
+    assert torch.equal(same_size.test[0][0], torch.from_numpy(raw['x_test'][k]).permute(2, 0, 1).float() / 255)  # lossless
 
 
 @needs_cifar10
@@ -44,15 +47,20 @@ def test_tiny_imagenet_subset_archive(tmp_path, form):
     else:  # the extracted layout: a few classes' worth, enough to check the reader
         with zipfile.ZipFile(archive) as z:
             names = [n for n in z.namelist() if n.endswith(('wnids.txt', 'val_annotations.txt'))
-                     or '/train/n01443537/' in n or n.split('/')[-1] in {f'val_{k}.JPEG' for k in range(20)}]
+                     or '/train/n01443537/' in n or '/val/images/' in n]
             z.extractall(tmp_path, members=names)
         data_dir = str(tmp_path)
     s = data.load('tiny-imagenet', data_dir=data_dir, img_size=64, seed=0, test_limit=20)
     assert s.num_classes == 200 and len(s.test) == 20
     x, y = s.test[0]
     assert x.shape == (3, 64, 64) and 0 <= x.min() and x.max() <= 1
-    wnids = sorted(zipfile.ZipFile(archive).read('tiny-imagenet-200/wnids.txt').decode().split())
-    assert y == wnids.index('n03444034')  # val_0.JPEG n03444034 (the archive's first annotation)
+    with zipfile.ZipFile(archive) as z:
+        wnids = sorted(z.read('tiny-imagenet-200/wnids.txt').decode().split())
+        rows = dict(line.split('\t')[:2] for line in z.read('tiny-imagenet-200/val/val_annotations.txt').decode()
+                    .splitlines())  # val_0.JPEG n03444034 ...
+    first = s.test.base.dataset.files[s.test.base.indices[0]]
+    assert y == wnids.index(rows[first.split('/')[-1]])  # the image's own annotation
+    assert len(set(s.test.base.labels)) == 20  # 20 images spread over 20 classes, not the first 20 in the file
     if form == 'zip':
         assert len(s.train) == 200 * 100  # the subset: 100 training images per class
 

@@ -12,6 +12,7 @@ import timm.data
 import torch
 
 import data
+from formats.imagenet import RESTRICTED
 import layouts
 import train
 from conftest import needs_lite0, needs_tiny
@@ -24,7 +25,7 @@ INFO = os.path.join(os.path.dirname(timm.data.__file__), '_info')
 
 
 def timm_list(name):
-    """timm's class list, read here from its text file (independent of data.imagenet_wnids)."""
+    """timm's class list, read here from its text file (independent of formats.imagenet.wnids)."""
     with open(os.path.join(INFO, name)) as f:
         return f.read().split()
 
@@ -142,14 +143,14 @@ def test_a_prompt_trained_on_imagenet_is_evaluated_on_each_test_set(sets, tmp_pa
     args, model, meta = load_task(prompt)
     assert meta['classes'] == timm_list('imagenet_synsets.txt') and s['test_acc'] is not None
     capsys.readouterr()
-    for name in data.IMAGENET_OOD:
+    for name in data.TEST_SETS:
         acc = predict.main(['--prompt', prompt, '--dataset', name, '--data-dir', folders[name]])
         t = data.load_test_set(name, data_dir=folders[name], img_size=32)
         x = torch.stack([t.test[i][0] for i in range(len(t.test))])
         names = [t.classes[t.test[i][1]] for i in range(len(t.test))]
         with torch.no_grad():
             logits = model(x)  # (18, 1000)
-        if name in data.RESTRICTED:  # the best of the set's 200 classes, by hand
+        if name in RESTRICTED:  # the best of the set's 200 classes, by hand
             keep = [int(i) for i in timm_list(f'{name.replace("-", "_")}_indices.txt')]
             pred = np.asarray(keep)[logits[:, keep].argmax(1).numpy()]
             assert (pred != logits.argmax(1).numpy()).any()  # this model predicts classes R and A do not score

@@ -8,7 +8,8 @@ import re
 from conftest import ROOT
 
 METHOD_MODULES = ('lotep', 'lorsp', 'grouped_vp', 'baselines', 'backbones')
-PACKAGES = ('theory', 'tools')  # folders of modules; the top level's are named by file, theirs as tools.NAME
+PACKAGES = ('theory', 'tools', 'formats')  # folders of modules: the top level's are named by file, theirs as
+#   tools.NAME (theory's by file)
 
 
 def project_imports():
@@ -16,8 +17,8 @@ def project_imports():
     level's and theory/'s by name, tools/'s as tools.NAME."""
     files = [f for f in os.listdir(ROOT) if f.endswith('.py')] + [os.path.join(d, f) for d in PACKAGES
                                                                  for f in os.listdir(os.path.join(ROOT, d))
-                                                                 if f.endswith('.py') and f != '__init__.py']
-    name = lambda f: f[:-3].replace(os.sep, '.').removeprefix('theory.')
+                                                                 if f.endswith('.py')]
+    name = lambda f: f[:-3].replace(os.sep, '.').removeprefix('theory.').removesuffix('.__init__')
     mine = {name(f) for f in files}
     graph = {}
     for f in files:
@@ -82,10 +83,9 @@ def test_the_method_modules_hold_no_data_parallelism():
 def test_the_core_never_imports_tools():
     """tools/ import the core; the core (every top-level module, anywhere in its file) never imports tools/."""
     graph = project_imports()
-    core = [f[:-3] for f in os.listdir(ROOT) if f.endswith('.py')] + \
-        [f'formats.{f[:-3]}' for f in os.listdir(os.path.join(ROOT, 'formats')) if f.endswith('.py')] \
-        if os.path.isdir(os.path.join(ROOT, 'formats')) else [f[:-3] for f in os.listdir(ROOT) if f.endswith('.py')]
-    assert {'train', 'runs', 'methods', 'data'} <= set(core)
+    core = [m for m in graph if '.' not in m and os.path.isfile(os.path.join(ROOT, f'{m}.py'))] + \
+        [m for m in graph if m.startswith('formats')]
+    assert {'train', 'runs', 'methods', 'data', 'formats', 'formats.images'} <= set(core)
     assert {m: [n for n in graph[m] if n.startswith('tools')] for m in core} == {m: [] for m in core}
     assert graph['tools.compare'] and any(n.startswith('tools') for n in graph['tools.compare'])  # the check sees them
 

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import data
+from formats.vtab import TASKS as VTAB_1K
 import layouts
 from tools import predict
 import train
@@ -159,7 +160,7 @@ def test_the_two_vtab_averages_against_a_hand_computation():
     Natural 7, Specialized 4, Structured 8 tasks. Made-up accuracies: every Natural task 70, Specialized 80,
     Structured 50."""
     from tools import tables
-    accs = {t: {'Natural': 70.0, 'Specialized': 80.0, 'Structured': 50.0}[g] for t, (g, _) in data.VTAB_1K.items()}
+    accs = {t: {'Natural': 70.0, 'Specialized': 80.0, 'Structured': 50.0}[g] for t, (g, _) in VTAB_1K.items()}
     m = tables.task_means(accs)
     assert m['tasks'] == 19 and m['task_mean'] == pytest.approx((7 * 70 + 4 * 80 + 8 * 50) / 19)  # 63.16
     assert m['group_means'] == {'Natural': 70.0, 'Specialized': 80.0, 'Structured': 50.0}

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import data
+from formats.images import FileImages
 import layouts
 import train
 from conftest import needs_cifar10, needs_tiny
@@ -103,7 +104,7 @@ def test_images_without_a_meaningful_scale_are_refused_naming_file_and_mode(tmp_
     for name, (image, fragment) in cases.items():
         image.save(tmp_path / name)
         with pytest.raises(data.DataError) as e:
-            data.FileImages([str(tmp_path / name)], [0])[0]
+            FileImages([str(tmp_path / name)], [0])[0]
         assert str(tmp_path / name) in str(e.value) and fragment in str(e.value), str(e.value)
         with pytest.raises(data.DataError, match=fragment):
             predict.Images([str(tmp_path / name)], S)[0]
@@ -117,7 +118,7 @@ def test_exif_orientation_is_applied_as_viewers_do(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(pixels).save(tmp_path / 'photo.jpg', exif=exif, quality=95)
-    x, _ = data.FileImages([str(tmp_path / 'photo.jpg')], [0])[0]
+    x, _ = FileImages([str(tmp_path / 'photo.jpg')], [0])[0]
     assert x.shape == (3, 40, 20)
     assert x[:, :20].float().mean() < 10 and x[:, 20:].float().mean() > 245
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from tools import predict
 from tools import serve
-from runs import read_prompt
+from tools.serve import read_prompt
 from tools.serve import load_run
 import train
 from conftest import needs_lite0

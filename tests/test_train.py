@@ -365,7 +365,7 @@ def test_every_methods_prompt_file_reproduces_its_runs_test_accuracy(tmp_path, m
     for vpt_deep), so that anything that runs the model in train mode between the last epoch and the saving (a speed
     bench once did, for ft: its BatchNorm statistics took the timing batches) changes the saved file."""
     from tools import predict
-    from runs import read_prompt
+    from tools.serve import read_prompt
     model = 'test_vit' if method == 'vpt_deep' else 'test_resnet'
     s = train.main(['--method', method, '--model', model, '--no-pretrained', '--dataset', 'synthetic', '--img-size',
                     '32', '--epochs', '1', '--train-per-class', '20', '--out', str(tmp_path / 'r')])

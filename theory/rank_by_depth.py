@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import train  # noqa: E402
-from runs import pyplot  # noqa: E402
+from tools.figures import pyplot  # noqa: E402
 from tools.serve import load_run  # noqa: E402
 from flags import POS_INT  # noqa: E402
 from prop1_rank_bound import numerical_rank  # noqa: E402  (the same rank threshold as the synthetic check)

@@ -20,7 +20,7 @@ if __name__ == '__main__':  # python tools/cka.py from the project root: the pro
 import data
 import lotep
 import train
-from runs import pyplot
+from tools.figures import pyplot
 from tools.serve import load_run
 from flags import POS_INT
 

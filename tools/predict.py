@@ -17,6 +17,7 @@ import csv
 import json
 import math
 import os
+import re
 import sys
 
 import torch
@@ -25,52 +26,50 @@ from torch.utils.data import Dataset
 if __name__ == '__main__':  # python tools/predict.py from the project root: the project's modules come from there
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import data
+from formats import images, imagenet
 import train
 from flags import NONNEG_INT, POS_INT, dataset_name, device_name
-from runs import PromptFileError
-from tools.serve import MultiTask, load_task
+from tools.serve import MultiTask, PromptFileError, load_task
 
 
 class Images(Dataset):
-    """Image files as [0, 1] tensors at one square size (the training resize), or a clear error naming the file."""
+    """Image files as [0, 1] tensors at one square size, read and resized as training reads them (formats/images.py),
+    or a clear error naming the file."""
 
     def __init__(self, paths, size):
-        self.paths, self.size = paths, size
+        self.files = data.Resized(images.FileImages(paths, [0] * len(paths)), size)
 
     def __len__(self):
-        return len(self.paths)
+        return len(self.files)
 
     def __getitem__(self, i):
-        from PIL import Image
-        try:
-            with Image.open(self.paths[i]) as image:
-                image.load()
-                x = data.pixels(image, self.paths[i])  # as in training: every mode, EXIF orientation, transparency
-        except data.DataError:
-            raise
-        except Exception as e:
-            raise data.DataError(f'{self.paths[i]}: cannot be read as an image ({type(e).__name__}: '
-                                 f'{str(e).strip().splitlines()[0][:100]})') from None
-        return data.resize(x, self.size)  # the training resize
+        return self.files[i][0]
 
 
 def expand(inputs, tasks):
-    """[(task or None, image path)] from files and folders (a folder: its images, sorted), 'N:path' picks task N."""
+    """[(task or None, image path)] from files and folders (a folder: its images, sorted); N:path sends path to task
+    N only. A file whose own name looks like N:path is read as a file where no path of that name exists."""
     out = []
     for item in inputs:
-        task, _, path = item.partition(':') if item.split(':', 1)[0].isdigit() and ':' in item else (None, '', item)
-        task = None if task is None else int(task)
+        n, _, rest = item.partition(':')
+        task = int(n) if re.fullmatch(r'[0-9]+', n) and rest and os.path.exists(rest) else None
+        if task is not None and os.path.exists(item):
+            raise PromptFileError(f'{item}: both a file of that name and {rest} (for task {n}) exist; write '
+                                  f'./{item} for the file, or {n}:./{rest} for task {n}')
+        path = rest if task is not None else item
         if task is not None and task >= tasks:
-            raise PromptFileError(f'{item}: task {task}, but only {tasks} prompt file(s) were given')
+            raise PromptFileError(f'{item}: task {task}, but only {tasks} prompt file(s) were given (a file named '
+                                  f'{item}? write ./{item})')
         if os.path.isdir(path):
-            files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(data.IMAGE_EXTENSIONS))
+            files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(images.IMAGE_EXTENSIONS))
             if not files:
-                raise data.DataError(f'{path}: a folder without images ({", ".join(data.IMAGE_EXTENSIONS)})')
+                raise data.DataError(f'{path}: a folder without images ({", ".join(images.IMAGE_EXTENSIONS)})')
             out += [(task, f) for f in files]
         elif os.path.isfile(path):
             out.append((task, path))
         else:
-            raise data.DataError(f'{path}: no such image file or folder')
+            also = f' (nor is {rest}, for task {n})' if re.fullmatch(r'[0-9]+', n) and rest else ''
+            raise data.DataError(f'{path}: no such image file or folder{also}')
     return out
 
 
@@ -84,7 +83,8 @@ def main(argv=None):
                    'a prompt trained on imagenet also on imagenet-r, -a, -sketch, -v2, R and A over their 200 classes)')
     p.add_argument('--data-dir', help='where the data set is (default: the run\'s)')
     p.add_argument('--split', default='test', choices=['test'], help='the evaluated split')
-    p.add_argument('--test-limit', type=POS_INT, help='the first N test images (default: the run\'s)')
+    p.add_argument('--test-limit', type=POS_INT, help='N test images spread over the classes, as train.py takes them '
+                   '(default: the run\'s)')
     p.add_argument('--batch-size', type=POS_INT, default=32)
     p.add_argument('--device', type=device_name, default='cpu')
     p.add_argument('--workers', type=NONNEG_INT, default=0)
@@ -111,27 +111,28 @@ def evaluate(a):
     if len(a.prompt) != 1:
         raise PromptFileError('--dataset evaluates one prompt file at a time')
     args, model, meta = load_task(a.prompt[0], device=a.device)
-    ood = a.dataset in data.IMAGENET_OOD and args.dataset == 'imagenet'  # ImageNet-1K's test sets
+    ood = a.dataset in data.TEST_SETS and args.dataset == 'imagenet'  # ImageNet-1K's test sets
     if a.dataset != args.dataset and not ood:
-        also = f' (its test sets {", ".join(data.IMAGENET_OOD)} need a prompt trained on imagenet)' \
-            if a.dataset in data.IMAGENET_OOD else ''
+        also = f' (its test sets {", ".join(data.TEST_SETS)} need a prompt trained on imagenet)' \
+            if a.dataset in data.TEST_SETS else ''
         raise PromptFileError(f'--prompt {a.prompt[0]}: trained on {args.dataset}, not {a.dataset}{also}')
     if ood and not a.data_dir:
         raise PromptFileError(f'--dataset {a.dataset} needs --data-dir, the folder of its class folders')
     limit = a.test_limit or (None if ood else args.test_limit)
-    if ood:
-        splits = data.load_test_set(a.dataset, data_dir=a.data_dir, img_size=args.img_size, test_limit=limit)
+    if ood or a.dataset == 'folder':  # the test images alone (a folder's test/: its classes matched by name below)
+        splits = data.load_test_set(a.dataset, data_dir=a.data_dir or args.data_dir, img_size=args.img_size,
+                                    test_limit=limit)
     else:
         splits = data.load(a.dataset, data_dir=a.data_dir or args.data_dir, img_size=args.img_size, seed=args.seed,
                            train_per_class=1, test_limit=limit, splits=args.splits)
     args.workers = a.workers
     test = by_name(splits.test, splits.classes, meta['classes'], a.prompt[0])
-    if a.dataset in data.RESTRICTED:  # ImageNet-R and -A: the 1000-way model scored over their 200 classes
+    if a.dataset in imagenet.RESTRICTED:  # ImageNet-R and -A: the 1000-way model scored over their 200 classes
         model = Restricted(model, [meta['classes'].index(c) for c in splits.classes], len(meta['classes']))
     acc, _ = train.evaluate(model, test, args)
     reported = f' (the run reported {meta["test_acc"]:.2f}% on {args.dataset})' if meta.get('test_acc') is not None \
         else ''
-    over = f' scored over its {len(splits.classes)} classes' if a.dataset in data.RESTRICTED else ''
+    over = f' scored over its {len(splits.classes)} classes' if a.dataset in imagenet.RESTRICTED else ''
     print(f'{meta["method"]} on {meta["model"]}: test acc {acc:.2f}% on {len(splits.test)} {a.dataset} test '
           f'images{over}{reported}')
     return acc
@@ -189,11 +190,11 @@ def classify(a):
     size = metas[0]['img_size']
     items = [(t, path) for task, path in expand(a.inputs, len(metas))
              for t in ([task] if task is not None else range(len(metas)))]
-    images = Images([path for _, path in items], size)
+    pictures = Images([path for _, path in items], size)
     rows = []
     for start in range(0, len(items), a.batch_size):
         chunk = items[start:start + a.batch_size]
-        x = torch.stack([images[start + i] for i in range(len(chunk))]).to(a.device)
+        x = torch.stack([pictures[start + i] for i in range(len(chunk))]).to(a.device)
         task = torch.tensor([t for t, _ in chunk], device=a.device)
         for (t, path), logits in zip(chunk, run(x, task)):
             probs = logits.float().softmax(-1)

@@ -13,7 +13,7 @@ an arm tries), choice (the one it keeps) and grown (the grid extended where a ch
 import re
 from dataclasses import dataclass, field
 
-from data import VTAB_1K
+from formats.vtab import TASKS as VTAB_1K
 from flags import MEMORY, parse, resolve
 
 DATA = 'data'  # train.py's default --data-dir: cifar10.npz or torchvision's layout there, else downloaded there;

@@ -25,10 +25,37 @@ import lotep
 from backbones import create, normalizer
 from flags import resolve, saved_args
 from methods import StateError, build, load_state
-from runs import PromptFileError, RunDir, RunDirError, read_prompt
+from runs import FORMAT, RunDir, RunDirError
 
+HEADER = ('method', 'model', 'weights', 'img_size', 'classes', 'mean', 'std', 'dataset', 'weights_sha256', 'args')
 SHARE_NOTHING = {'ft': 'fine-tunes the backbone', 'lora': 'adapts the backbone\'s weights',
                  'vpt_deep': 'inserts tokens into the backbone\'s sequence'}
+
+
+class PromptFileError(Exception):
+    """A prompt file that cannot be used as asked; the message names the file."""
+
+
+def read_prompt(path):
+    """(trainable state, metadata) of a prompt file, or a PromptFileError naming what is wrong with it."""
+    from safetensors import safe_open
+    if not os.path.isfile(path):
+        raise PromptFileError(f'--prompt {path}: no such file')
+    try:
+        with safe_open(path, framework='pt') as f:
+            header = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        meta = {k: json.loads(v) for k, v in header.items()}
+    except Exception as e:
+        raise PromptFileError(f'--prompt {path}: not a readable safetensors file ({type(e).__name__}: '
+                              f'{str(e).strip().splitlines()[0][:120]})') from None
+    if meta.get('format') != FORMAT:
+        raise PromptFileError(f'--prompt {path}: a safetensors file, but not a prompt file of this codebase (its '
+                              f'header has no format {FORMAT!r}); train.py writes them as prompt.safetensors')
+    missing = [k for k in HEADER if k not in meta]
+    if missing:
+        raise PromptFileError(f'--prompt {path}: a damaged prompt file: its header lacks {", ".join(missing)}')
+    return state, meta
 
 
 def load_task(path, *, device='cpu'):

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import torch
 
-import data
+from formats.vtab import TASKS as VTAB_1K
 from tools import stats
 from tools.protocols import WHERE, identity
 
@@ -315,7 +315,7 @@ def tuning_lines(arm, t):
 def figures(name, rows, incomplete=''):
     """Accuracy (mean ± std over seeds) against trainable parameters (log scale) and against training time; an
     unfinished table's plots say so in their title (incomplete: which runs they hold), as its Markdown does."""
-    from runs import pyplot
+    from tools.figures import pyplot
     plt = pyplot()
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     done = [r for r in rows if r['accs']]
@@ -351,7 +351,7 @@ def task_means(accs):
     three groups (Natural 7, Specialized 4, Structured 8 tasks); each over the tasks present."""
     groups = {}
     for task, acc in accs.items():
-        groups.setdefault(data.VTAB_1K[task][0], []).append(acc)
+        groups.setdefault(VTAB_1K[task][0], []).append(acc)
     group_means = {g: statistics.mean(v) for g, v in groups.items()}
     return dict(tasks=len(accs), task_mean=statistics.mean(accs.values()), group_means=group_means,
                 mean_of_group_means=statistics.mean(group_means.values()))
@@ -382,7 +382,7 @@ def task_summary(name, protocol, arms, settings, *, extra, changes):
 def task_markdown(name, about, record, changes):
     """task_summary()'s markdown: a row per task, the two means, the claims paired over the tasks."""
     arms, tasks, accs, means = record['arms'], record['tasks'], record['accs'], record['means']
-    missing = [t for t in data.VTAB_1K if t not in tasks]
+    missing = [t for t in VTAB_1K if t not in tasks]
     lines = [f'# {name}', '', about + '.' + (f' **Changed for this table**: {"; ".join(changes)}.' if changes else ''),
              *([f'**{len(tasks)} of the 19 tasks** (not run: {", ".join(missing)}): the means are over the tasks '
                 f'present, not the benchmark\'s.'] if missing else []), '',
@@ -392,7 +392,7 @@ def task_markdown(name, about, record, changes):
              'trained on train800val200.', '',
              '| task (group) | ' + ' | '.join(arms) + ' |', '|---|' + '---|' * len(arms)]
     for t in tasks:
-        lines.append(f'| {t} ({data.VTAB_1K[t][0]}) | ' + ' | '.join(mean_sd(accs[arm].get(t, {}).values())
+        lines.append(f'| {t} ({VTAB_1K[t][0]}) | ' + ' | '.join(mean_sd(accs[arm].get(t, {}).values())
                                                                      for arm in arms) + ' |')
     cell = lambda arm, f: f'{f(means[arm]):.2f}' if means[arm] else '-'
     lines.append(f'| **mean over the {len(tasks)} tasks** | ' +
