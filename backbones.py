@@ -180,12 +180,13 @@ def download_problem(name, *, pretrained, weights):
     from Hugging Face and it cannot be reached (None where they can be had, or the download may try)."""
     if not pretrained or weights is not None or (resolve_name(name) == LITE0 and _lite0_file()):
         return None
-    if os.environ.get('HF_HUB_OFFLINE') == '1' or _online():
+    if os.environ.get('HF_HUB_OFFLINE') == '1' or online():
         return None
     return f'the weights of {resolve_name(name)} are downloaded from Hugging Face, which this machine cannot reach'
 
 
-def _online():
+def online():
+    """Whether Hugging Face can be reached (or a proxy may reach it)."""
     if any(os.environ.get(v) for v in ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy')):
         return True  # behind a proxy, DNS says nothing; let the download try
     try:

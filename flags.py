@@ -182,16 +182,26 @@ def settings(a) -> str:
     return json.dumps({k: v for k, v in sorted(vars(a).items()) if k not in WHERE + MEMORY}, default=str)
 
 
-def default_out(a) -> str:
-    """runs/<method>-<model>-<dataset>-s<seed>-<8 hex digits of its settings>: runs whose settings differ never share
-    a folder, and the same command finds its own run again."""
-    tag = hashlib.sha256(settings(a).encode()).hexdigest()[:8]
+def default_out(a, data: str) -> str:
+    """runs/<method>-<model>-<dataset>-s<seed>-<8 hex digits of its identity: its settings and its data's fingerprint
+    (data.Splits.fingerprint)>: runs whose settings or data differ never share a folder, and the same command on the
+    same data finds its own run again, wherever the data lies."""
+    tag = hashlib.sha256((settings(a) + data).encode()).hexdigest()[:8]
     return os.path.join('runs', f'{a.method}-{a.model}-{a.dataset.replace(":", "-")}-s{a.seed}-{tag}')
 
 
-def same_run(a, saved: dict) -> bool:
-    """Whether a run's saved arguments (its config.json's args) compute what the resolved arguments a compute."""
-    return json.loads(settings(a)) == json.loads(settings(saved_args(saved)))
+def same_run(a, data: str, config: dict) -> bool:
+    """Whether a run folder's config.json holds what the resolved arguments a compute on this data."""
+    return json.loads(settings(a)) == json.loads(settings(saved_args(config['args']))) and \
+        config.get('data') in (data, None)  # None: a run made before runs recorded their data
+
+
+def not_used(a, argv, config: dict) -> list:
+    """The flags given in argv that change how a run runs, not what it computes (WHERE, MEMORY), whose values differ
+    from those a finished run in config was made with: they change nothing it computed."""
+    saved = saved_args(config['args'])
+    return [flag(k) + ('' if isinstance(getattr(a, k), bool) else f' {getattr(a, k)}') for k in sorted(given_flags(argv))
+            if k in RESUMABLE and k != 'data_dir' and getattr(a, k) != getattr(saved, k)]
 
 
 def resumed_args(a, argv, run) -> argparse.Namespace:

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader
 import backbones
 import data
 import distributed
-from distributed import GlobalBatches, reduce_numbers, reduce_tensor, share, world
-from flags import UsageError, default_out, parse, resolve, resumed_args, same_run
+from distributed import GlobalBatches, gather_objects, reduce_numbers, reduce_tensor, share, world
+from flags import UsageError, default_out, not_used, parse, resolve, resumed_args, same_run
 from methods import BuildError, Loop, StateError, autocast, build, load_state, optimizer, trainable_state, what_trains
 from runs import Progress, RunDir, RunDirError, finish, print_start, print_summary
 
@@ -203,41 +203,68 @@ def train(a, model, splits, run, ckpt=None):
     return history, train_time, images_seen
 
 
-# ---- set-up: the run directory, the model, the data; every mistake of the user ends here in one message ----
+# ---- set-up: the data, the run directory, the model; every mistake of the user ends here in one message ----
 
-def setup(a, argv, rank):
-    """Resolved arguments, the claimed run directory, the model, the data and the checkpoint to resume from (None:
-    from the start; model None: the run has finished); or a UsageError-like exception."""
-    if a.resume:
-        a = resumed_args(a, argv, RunDir(a.out or default_out(resolve(parse(argv)))))
+def read_data(a, processes=None):
+    """The run's data (data.load: every image it uses checked); where the backbone's weights cannot be downloaded here
+    either, one message naming every missing thing and the way to run offline."""
+    missing = [backbones.download_problem(a.model, pretrained=not a.no_pretrained, weights=a.weights)]
+    try:
+        if missing[0]:  # is the data there? listed, not checked: the run stops anyway
+            data.sources(a.dataset, a.data_dir, a.splits)
+        else:
+            return data.load(a.dataset, data_dir=a.data_dir, img_size=a.img_size, seed=a.seed, splits=a.splits,
+                             train_per_class=a.train_per_class, test_limit=a.test_limit, val_split=a.val_split,
+                             processes=processes)
+    except data.DataError as e:
+        if not missing[0] and backbones.online():
+            raise
+        missing.append(str(e).rstrip('.'))
+    raise UsageError(f'this run needs what this machine cannot get: {"; and ".join(m for m in missing if m)}. '
+                     f'Without network, train on the sample with Lite0\'s ImageNet weights (both come with the '
+                     f'repository and requirements.txt): python train.py --method {a.method} --model '
+                     f'tf_efficientnet_lite0 --dataset cifar10-sample --img-size 96; or give --weights PATH and a '
+                     f'--data-dir that holds the data set')
+
+
+def setup(a, argv, processes):
+    """Resolved arguments, the run directory (claimed), the model, the data and the checkpoint to resume from (None:
+    from the start; model None: the run has finished); or a UsageError-like exception. The data comes first: a run's
+    identity holds its fingerprint (flags.default_out), so runs on other data never share a folder or a result."""
+    if a.resume:  # the saved flags; without --out, those of the folder the same command on the same data made
+        given = resolve(parse(argv)) if a.out is None else None
+        a = resumed_args(a, argv, RunDir(a.out or default_out(given, read_data(given, processes).fingerprint)))
     a = resolve(a)
-    a.out = a.out or default_out(a)
+    splits = read_data(a, processes)
+    a.out = a.out or default_out(a, splits.fingerprint)
     run, ckpt = RunDir(a.out), None
-    if not a.resume and run.exists('summary.json') and same_run(a, run.read_json('config.json')['args']):
-        return a, run, None, None, None  # the same command again: its finished run is reported
-    if rank == 0:
+    config = run.read_json('config.json') if run.exists('config.json') else None
+    if config is not None and config.get('data') not in (None, splits.fingerprint) and \
+            (a.resume or run.exists('summary.json')):
+        raise UsageError(f'{a.out} {"holds a run" if a.resume else "holds a finished run"} made on other data than '
+                         f'{a.data_dir} holds now for {a.dataset} (other images, labels or classes); '
+                         f'{"resume it with the data it started on" if a.resume else "choose another --out"}, or leave '
+                         f'--out out: a run on this data gets its own folder')
+    if run.exists('summary.json') and (a.resume or same_run(a, splits.fingerprint, config)):
+        return a, run, None, splits, None  # the same command again: its finished run is reported
+    if processes['rank'] == 0:
         run.claim(resume=a.resume)
     try:
-        if a.resume and run.exists('summary.json'):
-            return a, run, None, None, None
         if a.resume and run.exists('checkpoint.pt'):
             ckpt = run.load_checkpoint(a.device)
         elif a.resume and run.read_metrics():
             raise RunDirError(f'{run.file("metrics.jsonl")} records epochs but {run.file("checkpoint.pt")} is '
                               f'missing: the run cannot continue from it')
-        model = build(a)  # model errors before data loading
-        if ckpt is not None:
-            load_state(model, ckpt['model'], source=run.file('checkpoint.pt'))
-        splits = data.load(a.dataset, data_dir=a.data_dir, img_size=a.img_size, seed=a.seed,
-                           train_per_class=a.train_per_class, test_limit=a.test_limit, val_split=a.val_split,
-                           splits=a.splits)
         if a.no_test and splits.val is None:
             raise UsageError('--no-test needs validation images (--val-split, a folder\'s val/, or --splits tune): '
                              'a run that never sees the test images is evaluated on them')
-        if rank == 0 and not a.resume:  # written once set-up has succeeded: a failed set-up changes nothing
+        model = build(a)
+        if ckpt is not None:
+            load_state(model, ckpt['model'], source=run.file('checkpoint.pt'))
+        if processes['rank'] == 0 and not a.resume:  # written once set-up has succeeded: a failed one changes nothing
             run.write_json('config.json', dict(args=vars(a), command='python train.py ' + ' '.join(argv),
-                                               classes=splits.classes, torch=torch.__version__,
-                                               timm=__import__('timm').__version__))
+                                               data=splits.fingerprint, classes=splits.classes,
+                                               torch=torch.__version__, timm=__import__('timm').__version__))
     except BaseException:
         run.abandon() if not a.resume else run.release()
         raise
@@ -247,13 +274,29 @@ def setup(a, argv, rank):
 SETUP_ERRORS = (UsageError, BuildError, data.DataError, backbones.BackboneError, RunDirError, StateError)
 
 
+def report_finished(a, argv, run):
+    """The same command again (or --resume of a finished run): its summary, and a line for any flag given that would
+    have changed how it ran but changes nothing it computed."""
+    run.release()
+    config = run.read_json('config.json')
+    print(f'{a.out} has already finished (the same settings on the same data); its summary:')
+    if not_used(a, argv, config):
+        print(f'note: {", ".join(not_used(a, argv, config))} change how a run runs, not what it computes: the finished '
+              f'run is reported as it was made, without them')
+    if config.get('data') is None:
+        print(f'note: {a.out} was made before runs recorded their data: which images it ran on cannot be checked')
+    summary = run.read_json('summary.json')
+    print_summary(summary, run)
+    return summary
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     a = parse(argv)
     device = a.device = distributed.init(a.device)  # torchrun: one process per GPU, or gloo on the CPU
     rank, size = world()
     try:
-        a, run, model, splits, ckpt = setup(a, argv, rank)
+        a, run, model, splits, ckpt = setup(a, argv, dict(rank=rank, size=size, gather=gather_objects))
         error = None
     except SETUP_ERRORS as e:
         error = e
@@ -263,11 +306,7 @@ def main(argv=None):
               file=sys.stderr)
         raise SystemExit(2)
     if model is None:
-        run.release()
-        print(f'{a.out} has already finished (the same settings); its summary:')
-        summary = run.read_json('summary.json')
-        print_summary(summary, run)
-        return summary
+        return report_finished(a, argv, run)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if rank == 0:
         print_start(a, model, splits, trainable, size)

@@ -78,7 +78,8 @@ def test_runs_whose_settings_differ_never_share_a_folder_and_the_same_command_re
     train.main([*argv, '--data-dir', str(tmp_path / 'elsewhere')])  # where the data lies is no setting
     folders = sorted(os.listdir(tmp_path / 'runs'))
     assert len(folders) == 2 and all(f.startswith('lp-test_vit.r160_in1k-synthetic-s0-') for f in folders)
-    assert flags.default_out(train.resolve(flags.parse(argv))) in {os.path.join('runs', f) for f in folders}
+    a = train.resolve(flags.parse(argv))
+    assert flags.default_out(a, train.read_data(a, {}).fingerprint) in {os.path.join('runs', f) for f in folders}
 
 
 def test_the_advice_for_an_unfinished_run_works_as_printed(tmp_path, monkeypatch, capsys):
