@@ -247,6 +247,9 @@ class Adapted(nn.Module):
         return self.backbone(x)
 
     def forward(self, x):  # (B, 3, S, S) -> (B, K)
+        """y = Head(X_L) (LoTeP's Eq. 2): the input prompt here, in features(); the deep prompts (self.attached) act
+        inside self.backbone's own forward, added to each prompted block's input by forward pre-hooks (lotep.AddPrompt),
+        so no line here shows them."""
         return self.head(self.features(x))
 
     def train(self, mode=True):

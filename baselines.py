@@ -10,6 +10,7 @@ References (behaviour, not code):
   LoRA    Hu et al., ICLR 2022 (adapter semantics as in peft: base_layer, B = 0, alpha / r)
 
     bb = timm.create_model('resnet18', pretrained=True, num_classes=10).eval().requires_grad_(False)
+    head = bb.get_classifier().requires_grad_(True)  # the fresh head trains with each prompt; bb stays in eval mode
     norm = torchvision.transforms.Normalize(bb.pretrained_cfg['mean'], bb.pretrained_cfg['std'])
     prompt = LoRVP(size=224, rank=4)  # input prompts take images in [0, 1]; normalization comes after them
     logits = bb(norm(prompt(x)))  # x: (B, 3, 224, 224) in [0, 1] -> (B, 10)
@@ -91,7 +92,7 @@ class BorderPrompt(nn.Module):
             x.register_hook(lambda g: setattr(self, 'canvas_grad', g.sum(0)))  # (c, S, S)
         return x
 
-    def after_backward(self, loop):  # train.hook: EVP's canvas gradient over the global batch, as DDP averages grads
+    def after_backward(self, loop):  # a hook (methods.Loop): EVP's canvas gradient over the global batch, averaged
         if self.canvas_grad is not None:
             loop.reduce(self.canvas_grad, mean=True)
 
@@ -166,7 +167,7 @@ class SourceLabelMap(nn.Module):
             counts.index_put_((pred, y), torch.ones(len(y), device=device), accumulate=True)
         return counts
 
-    def epoch_start(self, epoch, loop):  # train.hook: recount before an epoch where the mapping is due
+    def epoch_start(self, epoch, loop):  # a hook (methods.Loop): recount before an epoch where the mapping is due
         if self.due(epoch):
             self.set_mapping(loop.reduce(self.count_sources(loop.features, loop.batches())))
 

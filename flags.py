@@ -141,7 +141,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument('--groups', type=POS_INT, help='grouped_lorvp: channel groups g (default 8)')
     g = p.add_argument_group('LoRSP')
     g.add_argument('--factors', type=POS_INT, default=4, help='n prompt factors = LIF time steps')
-    g.add_argument('--tau', type=number(float, 1), default=4.0, help='LIF time constant tau (Eq. 6)')
+    g.add_argument('--tau', type=number(float, 1, lo_open=True), default=4.0, help='LIF time constant tau > 1 (Eq. 6)')
     g.add_argument('--v-th', type=number(float), default=0.0, help='LIF threshold V_th (Eq. 7)')
     g.add_argument('--v-reset', type=number(float), default=0.0, help='LIF reset V_reset (Eq. 8)')
     g.add_argument('--sparsity', type=FRACTION, default=0.5, help='lorsp_topk / lorsp_dropout: fraction zeroed')
@@ -237,6 +237,8 @@ def saved_args(saved: dict) -> argparse.Namespace:
     """The arguments a run was started with (the 'args' of its config.json), over today's defaults."""
     a = parse(['--method', saved['method']])
     vars(a).update(saved)
+    if a.schedule_lr != 'warmup_cosine':
+        a.warmup_epochs = None  # runs made before 2026-12 kept VPT's default under every schedule; it was never read
     return a
 
 
@@ -251,7 +253,13 @@ def resolve(a):
     a.model = backbones.resolve_name(a.model)
     resolve_defaults(a)
     a.data_dir = os.path.abspath(a.data_dir)  # a resumed run reads the same data from any working directory
-    if a.warmup_epochs is None:
+    if a.warmup_epochs is not None and a.schedule_lr != 'warmup_cosine':
+        raise UsageError(f'--warmup-epochs: the lr schedule {a.schedule_lr} has no warmup; add --schedule-lr '
+                         f'warmup_cosine, or leave --warmup-epochs out')
+    if a.warmup_epochs is not None and a.warmup_epochs > a.epochs:
+        raise UsageError(f'--warmup-epochs {a.warmup_epochs:g} is longer than the run\'s {a.epochs} epochs: the lr '
+                         f'would never reach its base; give at most {a.epochs}')
+    if a.warmup_epochs is None and a.schedule_lr == 'warmup_cosine':
         a.warmup_epochs = 0.1 * a.epochs
     if a.device == 'auto':
         a.device = 'cuda' if torch.cuda.is_available() else 'cpu'

@@ -8,9 +8,10 @@ Going Deep: Deep Visual Prompting with LoTeP (Zhao et al., 2026), Sec. 3; choice
 
 All three attach to the same blocks as LoTeP (blocks 0..d-1, d = floor(L rho)) through lotep.DeepPrompts.
 
-    bb = timm.create_model('resnet18', pretrained=True).eval().requires_grad_(False)
+    bb = timm.create_model('resnet18', pretrained=True, num_classes=10).eval().requires_grad_(False)
     prompts = grouped_lorvp(backbone=bb, input_size=(3, 224, 224), groups=8, rank=4, rho=0.5)
-    logits = bb(x)  # x: (B, 3, 224, 224) -> (B, 1000)
+    head = bb.get_classifier().requires_grad_(True)  # the fresh head trains with the prompts; bb stays in eval mode
+    logits = bb(x)  # x: (B, 3, 224, 224) -> (B, 10)
 """
 import torch
 import torch.nn as nn

@@ -15,10 +15,15 @@ this codebase's reconstruction (docs/lorsp.md says how and why), which reproduce
     (13)-(15)  #B = c L r,  #W = L n r,  #LoRSP = L r (c + n)
 
     bb = timm.create_model('resnet18', pretrained=True, num_classes=10).eval().requires_grad_(False)
+    head = bb.get_classifier().requires_grad_(True)  # the fresh 10-class head trains with the prompt
     norm = torchvision.transforms.Normalize(bb.pretrained_cfg['mean'], bb.pretrained_cfg['std'])
     prompt = LoRSP(size=224, factors=4, rank=4)  # 6,272 parameters
+    opt = torch.optim.SGD([*prompt.parameters(), *head.parameters()], lr=0.01, momentum=0.9)
     x_hat = prompt(x)  # x: (B, 3, 224, 224) in [0, 1] -> x + P_hat(x): (B, 3, 224, 224)
     logits = bb(norm(x_hat))  # the backbone's normalization comes after the prompt -> (B, 10)
+
+In your own loop, put the prompt in train mode and keep the backbone in eval mode (bb.eval() after any model.train()):
+its BatchNorm statistics and dropout stay as pretrained.
 
 Dimension letters: B batch, c colour channels, L image side, n factors (= LIF time steps), r rank.
 The readings the reconstruction weighed (Eq. 9, the orientation of Eq. 5, the surrogate) and the paper's ablations
@@ -85,8 +90,8 @@ class LoRSP(nn.Module):
         super().__init__()
         if factors < 1 or rank < 1:
             raise ValueError(f'factors and rank must be >= 1, got n = {factors}, r = {rank}')
-        if not tau >= 1:
-            raise ValueError(f'tau must be >= 1 (the leak divides the input by tau), got {tau}')
+        if not tau > 1:
+            raise ValueError(f'tau must be > 1 (the leak divides the input by tau; at 1 there is no leak), got {tau}')
         if mode not in ('lif', *ABLATIONS) or combine not in ('mean', *EQ9):
             raise ValueError(f'mode must be one of {("lif", *ABLATIONS)} and combine one of {("mean", *EQ9)}')
         if orientation not in ('cols', 'rows') or surrogate not in ('sigmoid', 'atan'):

@@ -1,13 +1,19 @@
 """LoTeP: low-rank tensor visual prompts on deep activations (CP and Tucker), with cosine rank decay.
 
 Going Deep: Deep Visual Prompting with LoTeP (Zhao, Wang, Wu, Wang, Zhang, Chan, Li, 2026); no public code.
-Implements Eqs. (1)-(2) (a prompt added to each block input), (4)-(5) (Tucker prompt), (6)-(7) (CP prompt),
-d = floor(L rho) (prompting depth) and Eq. (8) (cosine rank decay). Choices where the paper is silent: docs/lotep.md.
+Implements Eq. (1) (a prompt added to each block input; Eq. (2)'s head is the model's own), Eqs. (4)-(5) (Tucker
+prompt), (6)-(7) (CP prompt), d = floor(L rho) (prompting depth) and Eq. (8) (cosine rank decay), each above the
+line that computes it. Choices where the paper is silent: docs/lotep.md.
 
-    bb = timm.create_model('resnet18', pretrained=True).eval().requires_grad_(False)
+    bb = timm.create_model('resnet18', pretrained=True, num_classes=10).eval().requires_grad_(False)
     prompts = lotep(backbone=bb, input_size=(3, 224, 224), kind='cp', r0=6, rho=0.5)  # hooks on blocks 0..d-1
     print('\n'.join(prompts.describe()))  # each prompted block's shape, rank and parameter count
-    logits = bb(x)  # x: (B, 3, 224, 224), blocks l < d now see X_l + P_l -> (B, 1000)
+    head = bb.get_classifier().requires_grad_(True)  # the fresh 10-class head trains with the prompts
+    opt = torch.optim.SGD([*prompts.parameters(), *head.parameters()], lr=0.02, momentum=0.9)
+    logits = bb(x)  # x: (B, 3, 224, 224) normalized, blocks l < d now see X_l + P_l -> (B, 10)
+
+The prompts act inside bb's own forward (forward pre-hooks, AddPrompt); prompts.detach() removes them. In your own
+loop keep bb in eval mode (its BatchNorm statistics and dropout as pretrained): the prompts have no train mode.
 
 Dimension letters: B batch, C/H/W a block input's channels/height/width, T tokens, D token width, R rank.
 A block input X_l is NCHW (ResNet, ConvNeXt, CoAtNet, EfficientNet), NHWC (Swin), or tokens (B, T, D) (ViT); the
@@ -19,7 +25,7 @@ import torch
 import torch.nn as nn
 
 # Std of the random spatial factors (b, c of CP; V, W of Tucker). The paper says only "randomly initialized"; the
-# value is chosen on a validation split (docs/choices.md). train.py uses this same constant.
+# value is chosen on a validation split (docs/choices.md); methods.py's LoTeP rows use this same constant.
 INIT_STD = 0.3
 
 # ---- Eq. (8): prompting depth and rank schedule ----
@@ -79,7 +85,8 @@ class CPPrompt(nn.Module):
         self.c = nn.Parameter(torch.randn(rank, W) * init_std)  # c_t
 
     def forward(self):
-        # Eq. (7): (P)_{i,j,k} = sum_t a_{t,i} b_{t,j} c_{t,k}
+        # Eq. (6): P = sum_t a_t o b_t o c_t (outer products), entry by entry Eq. (7):
+        # (P)_{i,j,k} = sum_t a_{t,i} b_{t,j} c_{t,k}
         return torch.einsum('ti,tj,tk->ijk', self.a, self.b, self.c)  # (C, H, W)
 
     @staticmethod
@@ -115,7 +122,8 @@ class TuckerPrompt(nn.Module):
         self.W = nn.Parameter(torch.randn(rank, W) * init_std)
 
     def forward(self):
-        # Eq. (5): (P)_{i,j,k} = sum_{t1,t2,t3} core_{t1 t2 t3} U_{t1,i} V_{t2,j} W_{t3,k}
+        # Eq. (4): P = core x_1 U x_2 V x_3 W (mode products), entry by entry Eq. (5):
+        # (P)_{i,j,k} = sum_{t1,t2,t3} core_{t1 t2 t3} U_{t1,i} V_{t2,j} W_{t3,k}
         return torch.einsum('xyz,xi,yj,zk->ijk', self.core, self.U, self.V, self.W)  # (C, H, W)
 
     @staticmethod
@@ -169,7 +177,7 @@ class DeepPrompts(nn.Module):
     ranks(d) -> [r_0, ..., r_{d-1}], the rank of each prompted block (None: prompts without a rank schedule).
     Prompts are added by forward pre-hooks (AddPrompt), so timm's own forward runs unchanged; detach() removes them.
     Every forward builds each P_l from its factors (a few small products: building them once for inference saved
-    nothing measurable, README Speed).
+    nothing measurable, docs/speed.md).
     """
 
     def __init__(self, *, backbone, input_size, make_prompt, rho, ranks=None, vit_layout='patches'):

@@ -16,6 +16,7 @@ import fcntl
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -159,6 +160,21 @@ class RunDir:
                               f'{str(e).strip().splitlines()[0][:120]}); the run cannot continue from it') from None
 
 
+def requeue_when_warned():
+    """In a cluster job (tools/cluster.py puts the job's process id in VP_JOB_PID), Slurm's SIGUSR2 (a preemption, or
+    90 s before the time limit) goes on to the job's process, which stops this run and requeues it to resume from its
+    last epoch, whichever of them Slurm signals first, or alone. Elsewhere SIGUSR2 keeps its default."""
+    job = os.environ.get('VP_JOB_PID', '')
+
+    def warn_the_job(*_):
+        try:
+            os.kill(int(job), signal.SIGUSR2)
+        except ProcessLookupError:
+            pass  # the job's process is gone: nothing to requeue
+    if job.isdigit():
+        signal.signal(signal.SIGUSR2, warn_the_job)
+
+
 def _write_text(path, text):
     with open(path, 'w') as f:
         f.write(text)
@@ -218,7 +234,8 @@ def finish(a, model, splits, run, history, train_time, images_seen, trainable):
                    train_images_per_s=images_seen / max(train_time, 1e-9), processes=world()[1],
                    backend=dist.get_backend() if dist.is_initialized() else None,
                    peak_mem_gb=torch.cuda.max_memory_allocated() / 1e9 if a.device.startswith('cuda') else None,
-                   device=a.device if a.device == 'cpu' else torch.cuda.get_device_name(), torch=torch.__version__)
+                   device=a.device if a.device == 'cpu' else torch.cuda.get_device_name(), torch=torch.__version__,
+                   data=splits.fingerprint)
     summary.update({k: v for k, v in last.items() if k in ('prompt_density', 'spike_rate')})
     summary['prompt_file'] = save_prompt(model, a, run.file('prompt.safetensors'), classes=splits.classes,
                                          test_acc=summary['test_acc'])

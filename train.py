@@ -26,14 +26,14 @@ import distributed
 from distributed import GlobalBatches, gather_objects, reduce_numbers, reduce_tensor, share, world
 from flags import UsageError, default_out, not_used, parse, resolve, resumed_args, same_run
 from methods import BuildError, Loop, StateError, autocast, build, load_state, optimizer, trainable_state, what_trains
-from runs import Progress, RunDir, RunDirError, finish, print_start, print_summary
+from runs import Progress, RunDir, RunDirError, finish, print_start, print_summary, requeue_when_warned
 
 # ---- the learning rate and the batches ----
 
 
 def lr_factor(a, step, total, steps_per_epoch):
     """The lr schedule: what the base lr of each parameter group is multiplied by at this step."""
-    t, epoch, warmup = step / total, step // steps_per_epoch, a.warmup_epochs * steps_per_epoch
+    t, epoch = step / total, step // steps_per_epoch
     if a.schedule_lr == 'cosine':  # per step, to 0, no warmup (LoR-VP)
         return 0.5 * (1 + math.cos(math.pi * t))
     if a.schedule_lr == 'cosine_epoch':  # per epoch (EVP)
@@ -41,6 +41,7 @@ def lr_factor(a, step, total, steps_per_epoch):
     if a.schedule_lr == 'multistep':  # x0.1 at 50% and 72% of the epochs (ILM-VP, AutoVP)
         return 1.0 if epoch < 0.5 * a.epochs else 0.1 if epoch < 0.72 * a.epochs else 0.01
     if a.schedule_lr == 'warmup_cosine':  # linear warmup to 1 (never past it, however short), then cosine (VPT)
+        warmup = a.warmup_epochs * steps_per_epoch
         if step < warmup:
             return min(1.0, (step + 1) / warmup)
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
@@ -292,6 +293,7 @@ def report_finished(a, argv, run):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    requeue_when_warned()  # in a cluster job: Slurm's warning goes to the job, which requeues this run
     a = parse(argv)
     device = a.device = distributed.init(a.device)  # torchrun: one process per GPU, or gloo on the CPU
     rank, size = world()

@@ -5,7 +5,7 @@ fails on each: a test that still passes with the bug in place guards nothing.
     python tests/plant_bugs.py detach     # the bugs whose name contains 'detach'
     python tests/plant_bugs.py --fast     # the fast tier alone (python -m pytest without --e2e)
 
-Not collected by pytest (a developer's tool); its last run is quoted in README (Tests).
+Not collected by pytest (a developer's tool); its last run is quoted in docs/tests.md.
 """
 import os
 import shutil

@@ -5,9 +5,13 @@ jobs as processes of this machine (submitit's local executor: what the tests use
 
 A job runs the run's own train.py command (TrainRun), its output appended to <run>.log as for a run started here; the
 job's own log is <run>.jobs/<job id>_0_log.err (and .out). When Slurm preempts a job, or 90 s before its time limit, it
-sends SIGUSR2: submitit then calls TrainRun.checkpoint, which stops train.py (every finished epoch is in its
-checkpoint.pt) and requeues the job, which resumes from there (a job out of time is requeued 3 times at most; a
-preempted one always). The job writes its session beside the run with record(), as compare.py does for a run started
+sends SIGUSR2 to every process of the job: submitit then calls TrainRun.checkpoint, which stops train.py (every
+finished epoch is in its checkpoint.pt) and requeues the job, which resumes from there (a job out of time is requeued 3
+times at most; a preempted one always). train.py and torchrun ignore SIGUSR2, and train.py passes it on to the job's
+process (runs.requeue_when_warned): the job is requeued whichever process Slurm signals first, or alone, and once. A
+cluster that preempts with SIGTERM alone (no preempt_send_user_signal) ends train.py: the job then waits for Slurm,
+which requeues it (PreemptMode=REQUEUE; it resumes from its last epoch) or cancels it (then the next comparison
+submits it again, resuming), and records no outcome of its own. The job writes its session beside the run with record(), as compare.py does for a run started
 here, so a comparison reads it back the same way, whichever machine ran it. The job's id is kept in <run>.job.json: a
 comparison that finds that job still queued or running waits for it instead of submitting it again; one that ended
 with no outcome is FAILED for this comparison (its log named) and submitted again, resuming, by the next.
@@ -17,6 +21,8 @@ Needs submitit (pip install submitit; in requirements.txt), imported only where 
 import ctypes
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,6 +56,13 @@ def die_with_parent():
         ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def job_child():
+    """In a job's child (train.py, or torchrun and its train.py processes): dies with the job's process, and ignores
+    Slurm's SIGUSR2 (its default would end it before the job requeues; train.py passes it on to the job)."""
+    die_with_parent()
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 def record(out, returncode, seconds):
@@ -88,11 +101,17 @@ def add_flags(p):
     g.add_argument('--account', help='Slurm: the account charged (default: yours)')
     g.add_argument('--qos', help='Slurm: the quality of service (default: the partition\'s)')
     g.add_argument('--constraint', help='Slurm: node features, e.g. a100 (default none)')
-    g.add_argument('--sbatch', help='Slurm: any other sbatch options of every job, "name=value,name=value", e.g. '
-                   '"exclude=node7,mail-type=FAIL"')
+    g.add_argument('--sbatch', action='append', help='Slurm: any other sbatch options of every job, "name=value" '
+                   '(repeat the flag, or "name=value,name=value": a comma not followed by name= belongs to the value), '
+                   'e.g. "exclude=node1,node2,mail-type=FAIL"')
 
 
 SLURM_ONLY = ('partition', 'gpus_per_job', 'cpus_per_job', 'mem_gb', 'account', 'qos', 'constraint', 'sbatch')
+OWN = {'time': 'from --time-min', 'mem': 'from --mem-gb', 'partition': 'from --partition',
+       'gpus-per-node': 'from --gpus-per-job', 'gres': 'from --gpus-per-job', 'cpus-per-task': 'from --cpus-per-job',
+       'account': 'from --account', 'qos': 'from --qos', 'constraint': 'from --constraint', 'nodes': 'one node a job',
+       'ntasks-per-node': 'one task a job', 'signal': 'USR2 90 s before the time limit', 'job-name': 'train',
+       'open-mode': 'append', 'output': 'into the run\'s .jobs folder', 'error': 'into the run\'s .jobs folder'}
 
 
 def launcher(p, a):
@@ -104,9 +123,18 @@ def launcher(p, a):
         if a.time_min is not None:
             p.error('--time-min is a job\'s time limit; add --launcher slurm (or local)')
         return None
-    sbatch = [kv.split('=', 1) for kv in (a.sbatch or '').split(',') if kv]
-    if any(len(kv) != 2 or not kv[0] for kv in sbatch):
-        p.error(f'--sbatch takes "name=value,name=value", got {a.sbatch!r}')
+    sbatch = [kv.split('=', 1) for text in a.sbatch or () for kv in re.split(r',(?=[\w-]+=)', text) if kv]
+    if any(len(kv) != 2 or not re.fullmatch(r'[a-z][\w-]*', kv[0]) for kv in sbatch):
+        p.error(f'--sbatch takes "name=value,name=value", got {", ".join(a.sbatch)!r}')
+    if any(c in v for _, v in sbatch for c in '\r\n'):
+        p.error('--sbatch: a value holds a line break, which would write another #SBATCH line into the job script')
+    taken = [(k, OWN[k.replace('_', '-')]) for k, _ in sbatch if k.replace('_', '-') in OWN]
+    if taken:
+        p.error(f'--sbatch {taken[0][0]}=...: compare.py sets {taken[0][0]} itself ({taken[0][1]}); leave it out of '
+                f'--sbatch')
+    if a.launcher == 'slurm' and not (shutil.which('sbatch') and shutil.which('srun')):
+        p.error('--launcher slurm: this machine has no Slurm (sbatch and srun are not on its PATH); run compare.py '
+                'on the cluster\'s login node, or use --launcher local')
     given = dict(time_min=a.time_min, partition=a.partition, gpus=a.gpus_per_job, cpus=a.cpus_per_job,
                  mem_gb=a.mem_gb, account=a.account, qos=a.qos, constraint=a.constraint)
     return Launcher(kind=a.launcher, sbatch=dict(sbatch), **{k: v for k, v in given.items() if v is not None})
@@ -156,7 +184,14 @@ class Launcher:
         folder = job.out + '.jobs'
         gpus = self.gpus if self.kind == 'slurm' else 1
         threads = max(1, self.cpus // max(1, gpus)) if self.kind == 'slurm' else threads
-        submitted = self.executor(folder, gpu).submit(TrainRun(argv=job.argv, out=job.out, threads=threads, gpus=gpus))
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            return refused(job, guard, f'{folder}: a file where the run\'s job folder goes; move it away')
+        try:
+            submitted = self.executor(folder, gpu).submit(TrainRun(argv=job.argv, out=job.out, threads=threads,
+                                                                   gpus=gpus))
+        except Exception as e:  # sbatch refused it: an unknown partition, account or qos, a limit
+            return refused(job, guard, f'{"sbatch" if self.kind == "slurm" else "submitit"} refused the job '
+                                       f'({" ".join(str(e).split())[-300:]})')
         record = dict(launcher=self.kind, job_id=str(submitted.job_id), folder=folder,
                       log=str(submitted.paths.stderr).replace('%t', '0'))
         with open(job.out + '.job.json.tmp', 'w') as f:
@@ -164,6 +199,12 @@ class Launcher:
         os.replace(job.out + '.job.json.tmp', job.out + '.job.json')
         print(f'{job.label}: submitted as {self.kind} job {record["job_id"]} (its log: {record["log"]})', flush=True)
         return Handle(job=submitted, out=job.out, record=record, guard=guard)
+
+
+def refused(job, guard, why):
+    """A job that could not be submitted: a run that failed with why, said in one line; the other runs go on."""
+    print(f'{job.label}: not submitted: {why}', file=sys.stderr, flush=True)
+    return Handle(job=None, out=job.out, record={'log': job.out + '.log'}, guard=guard, returncode=why)
 
 
 def read_record(out):
@@ -226,13 +267,22 @@ class TrainRun:
     def __call__(self):
         cmd = self.command()
         print(f'{"resuming" if "--resume" in cmd else "running"} {" ".join(cmd[1:])}', flush=True)
-        self.t0 = time.time()
+        self.t0, self.warned, self.ended = time.time(), False, False
+        requeue = signal.getsignal(signal.SIGUSR2)  # submitit's: checkpoint(), then the job requeued
+        signal.signal(signal.SIGUSR2, lambda *args: None if self.warned else (setattr(self, 'warned', True),
+                                                                                requeue(*args)))  # once
+        bypass = signal.getsignal(signal.SIGTERM)  # submitit's: logged, ignored (Slurm requeues or cancels the job)
+        signal.signal(signal.SIGTERM, lambda *args: (setattr(self, 'ended', True), callable(bypass) and bypass(*args)))
         with open(self.out + '.log', 'a') as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
-                                         env={**os.environ, 'OMP_NUM_THREADS': str(self.threads)})
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=job_child,
+                                         env={**os.environ, 'OMP_NUM_THREADS': str(self.threads),
+                                              'VP_JOB_PID': str(os.getpid())})
             returncode = self.proc.wait()
         if self.proc is not None:  # not stopped by checkpoint(), which recorded the session
             record(self.out, returncode, time.time() - self.t0)
+        if self.ended and returncode == -signal.SIGTERM:  # Slurm ends the job: it requeues it, or cancels it
+            print('ended by Slurm (SIGTERM): waiting for it to requeue or cancel the job', file=sys.stderr, flush=True)
+            time.sleep(600)  # its SIGKILL comes first (KillWait); the job reports no outcome of its own
         return returncode
 
     def checkpoint(self, *args, **kwargs):

@@ -124,7 +124,7 @@ BUSY = 'busy'  # start(): another process is running this run now
 def start(job, report=False):
     """What a job needs: None when it has its result (done before; with report, a run not finished is pending), BUSY
     when another process runs it now (run_all waits for it), else its launch lock, taken, to launch() it under."""
-    if (result := done_before(job)) is not None or report:
+    if (result := done_before(job, report)) is not None or report:
         job.result = {'pending': True} if result is None else result
         return None
     os.makedirs(os.path.dirname(job.out) or '.', exist_ok=True)
@@ -142,17 +142,26 @@ def start(job, report=False):
     return guard
 
 
-def done_before(job):
-    """A job's result if it has one: read back from its folder, or from the table where its folder is gone; a loss
-    that exploded before (a result of its settings, run again only if its .diverged marker is removed); else None."""
+def done_before(job, report=False):
+    """A job's result if it has one: read back from its folder, or from the table where its folder is gone, if made
+    with the same settings on the same data (with report, the data is not read: the records are tabled as they are); a
+    loss that exploded before (a result of its settings, run again only if its .diverged marker is removed); else
+    None."""
     summary = os.path.join(job.out, 'summary.json')
+    other_data = lambda made: not report and made.get('data') not in (None, data_of(job))
     if job.recorded is not None and not os.path.exists(summary):
-        print(f'{job.label}: done before, read back from the table', flush=True)
-        return dict(job.recorded)
-    made_by = (read_json(os.path.join(job.out, 'config.json')) or {}).get('command')
+        if not other_data(job.recorded):
+            print(f'{job.label}: done before, read back from the table', flush=True)
+            return dict(job.recorded)
+        print(f'{job.label}: the table\'s record of it was made on other data: run again', flush=True)
+    config = read_json(os.path.join(job.out, 'config.json')) or {}
+    made_by = config.get('command')
     if made_by is not None and identity(made_by) != job.identity:
         raise SystemExit(f'error: {job.out} holds a run made with other settings ({made_by}); remove it, or give '
                          f'this comparison another --tag or --runs-dir')
+    if made_by is not None and other_data(config):
+        raise SystemExit(f'error: {job.out} holds a run made on other data than {flag_value(job.argv, "--data-dir")} '
+                         f'holds now; remove it, or give this comparison another --tag or --runs-dir')
     if os.path.exists(job.out + '.diverged'):
         print(f'{job.label}: diverged before ({job.out}.diverged; remove it to run again)', flush=True)
         return {'diverged': True, 'log': job.out + '.log'}
@@ -160,6 +169,27 @@ def done_before(job):
         print(f'{job.label}: done before, read back', flush=True)
         return read_summary(job.out, read_json(job.out + '.wall.json', {}).get('wall_s'))
     return None
+
+
+FINGERPRINTS = {}  # (data set and its subset) -> the fingerprint of its data, read once in this process
+
+
+def data_of(job):
+    """The fingerprint of the data a job's flags name (train.read_data: its images listed, checked where the record of
+    earlier checks does not know them, fingerprinted), read when a run made before is to be read back."""
+    a = train.resolve(parse(job.argv))
+    key = tuple(str(getattr(a, k)) for k in ('dataset', 'data_dir', 'seed', 'train_per_class', 'test_limit',
+                                             'val_split', 'splits'))
+    if key not in FINGERPRINTS:
+        try:
+            FINGERPRINTS[key] = train.read_data(a).fingerprint
+        except train.SETUP_ERRORS as e:
+            raise SystemExit(f'error: {job.label}: {e}') from None
+    return FINGERPRINTS[key]
+
+
+def flag_value(argv, name):
+    return argv[argv.index(name) + 1] if name in argv else 'its folder'
 
 
 def launch(job, guard, threads, gpu, launcher=None):
@@ -379,6 +409,14 @@ def parser():
     return p
 
 
+def ancestors(path):
+    """A path and every folder above it."""
+    path = os.path.abspath(path)
+    while os.path.dirname(path) != path:
+        yield path
+        path = os.path.dirname(path)
+
+
 def parse_list(text, cast, what):
     """A comma list of a flag (what), each value cast; a value it refuses stops the comparison here."""
     try:
@@ -446,8 +484,9 @@ def planned(p, a):
     seeds = parse_list(a.seeds, NONNEG_INT, '--seeds') if a.seeds else None
     name = a.protocol + (f'-{a.tag}' if a.tag else '')
     runs_dir = a.runs_dir or os.path.join('runs', *name.split('/'))
-    if os.path.exists(runs_dir) and not os.path.isdir(runs_dir):
-        p.error(f'--runs-dir {runs_dir}: is a file, not a folder')
+    blocked = next((d for d in ancestors(runs_dir) if os.path.exists(d) and not os.path.isdir(d)), None)
+    if blocked:
+        p.error(f'--runs-dir {runs_dir}: {blocked} is a file, not a folder')
     tasks = [t for t in a.tasks.split(',') if t] if a.tasks is not None else list(protocol.tasks)
     if a.tasks is not None and not protocol.tasks:
         p.error(f'--tasks: {a.protocol} has no tasks; it is one data set')
