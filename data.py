@@ -274,7 +274,7 @@ def load_test_set(name, *, data_dir, img_size, test_limit=None, processes=None):
 def spread(labels, n, seed=0):
     """n of the images (all where n is None or more), spread over the classes and the same for every run: every
     (len / n)-th of them ordered by class (a seeded random order within each class), so that each class gets its share
-    of the n, within one image, and n < K images come from n classes across the list."""
+    of the n (its fraction of the images) within one image."""
     if n is None or n >= len(labels):
         return list(range(len(labels)))
     order = np.lexsort((np.random.default_rng(seed).random(len(labels)), np.asarray(labels)))  # by class, then random

@@ -224,8 +224,8 @@ def read_data(a, processes=None):
     raise UsageError(f'this run needs what this machine cannot get: {"; and ".join(m for m in missing if m)}. '
                      f'Without network, train on the sample with Lite0\'s ImageNet weights (both come with the '
                      f'repository and requirements.txt): python train.py --method {a.method} --model '
-                     f'tf_efficientnet_lite0 --dataset cifar10-sample --img-size 96; or give --weights PATH and a '
-                     f'--data-dir that holds the data set')
+                     f'tf_efficientnet_lite0 --dataset cifar10-sample --img-size 96; or give --weights PATH (or '
+                     f'--no-pretrained: random weights) and a --data-dir that holds the data set')
 
 
 def setup(a, argv, processes):

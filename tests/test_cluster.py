@@ -205,3 +205,88 @@ def test_submitit_is_imported_only_for_cluster_jobs():
             'print("submitit" in sys.modules)')
     out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == 'False'
+
+
+# ---- issue #49: preemption whatever process Slurm signals first, and one line for every refusal ----
+
+def requeued_like_the_plain_run(tmp_path, proc, run, plain):
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    job_out = ''.join(open(f).read() for f in glob.glob(str(run.parent / 'lp-s0.jobs' / '*_0_log.*')))
+    assert 'the job requeued to resume from its last epoch' in job_out and 'resuming ' in job_out, job_out
+    assert job_out.count('the job requeued to resume') == 1  # once, however many processes were warned
+    assert [json.loads(line)['epoch'] for line in open(run / 'metrics.jsonl')] == [0, 1, 2, 3]
+    assert json.loads((run / 'summary.json').read_text())['test_acc'] == plain[0]['accs'][0]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize('order', ['train.py first', 'train.py alone'])
+def test_a_preempted_job_is_requeued_whichever_process_slurm_signals_first(tmp_path, monkeypatch, request, order):
+    """On a cluster --signal=USR2@90 reaches every process of the job step: train.py (which used to die of it, exit
+    -12, the run FAILED) as well as submitit's. train.py passes it on; the job requeues once and resumes."""
+    monkeypatch.chdir(tmp_path)
+    plain = compare.main([*LP, '--tag', 'plain', '--epochs', '4'])
+    proc, run, task, trainer = mid_run(tmp_path, 'pre', 4, request)
+    os.kill(trainer, signal.SIGUSR2)
+    os.kill(trainer, signal.SIGCONT)  # train.py handles it now: it passes it on to the job's process
+    if order == 'train.py first':
+        time.sleep(0.5)
+        try:
+            os.kill(task, signal.SIGUSR2)  # Slurm's own signal to the job's process, after train.py's
+        except ProcessLookupError:
+            pass  # already requeued and gone
+    requeued_like_the_plain_run(tmp_path, proc, run, plain)
+
+
+def test_a_job_slurm_refuses_is_one_line_and_the_other_runs_go_on(tmp_path, monkeypatch, capsys, fake_slurm):
+    record, _ = fake_slurm
+    (tmp_path / 'bin' / 'sbatch').write_text('#!/bin/sh\necho "sbatch: error: invalid partition specified: gpuz" '
+                                             '>&2\nexit 1\n')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        compare.main([*ARGS, '--tag', 's', '--launcher', 'slurm', '--partition', 'gpuz'])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err and err.count('not submitted: sbatch refused the job') == 2  # lp and lotep_cp
+    assert 'invalid partition specified: gpuz' in err
+
+
+def test_cluster_refusals_are_one_line_and_touch_nothing(tmp_path, monkeypatch, capsys, fake_slurm):
+    record, _ = fake_slurm
+    monkeypatch.chdir(tmp_path)
+    slurm = [*LP, '--tag', 's', '--launcher', 'slurm']
+    for extra, says in (
+            (['--sbatch', 'time=10'], '--sbatch time=...: compare.py sets time itself (from --time-min)'),
+            (['--sbatch', 'exclude=a,mem=4G'], '--sbatch mem=...: compare.py sets mem itself (from --mem-gb)'),
+            (['--sbatch', 'comment=a\nb'], 'line break'),
+            (['--runs-dir', str(tmp_path / 'afile' / 'runs')], 'afile is a file, not a folder')):
+        (tmp_path / 'afile').write_text('mine')
+        with pytest.raises(SystemExit):
+            compare.main([*slurm, *extra])
+        err = capsys.readouterr().err
+        assert says in err and 'Traceback' not in err, (extra, err)
+    assert (tmp_path / 'afile').read_text() == 'mine' and not list(record.iterdir())
+    os.makedirs(tmp_path / 'runs' / 'offline-cifar10-s')
+    (tmp_path / 'runs' / 'offline-cifar10-s' / 'lp-s0.jobs').write_text('mine')  # where the job's folder goes
+    with pytest.raises(SystemExit):
+        compare.main(slurm)
+    err = capsys.readouterr().err
+    assert 'lp-s0.jobs: a file where the run\'s job folder goes; move it away' in err and 'Traceback' not in err
+    assert (tmp_path / 'runs' / 'offline-cifar10-s' / 'lp-s0.jobs').read_text() == 'mine'
+    monkeypatch.setenv('PATH', os.path.dirname(sys.executable))  # no sbatch, no srun
+    with pytest.raises(SystemExit):
+        compare.main(slurm)
+    assert 'this machine has no Slurm' in capsys.readouterr().err
+
+
+def test_sbatch_values_may_hold_commas(tmp_path, monkeypatch, capsys, fake_slurm):
+    record, set_state = fake_slurm
+    set_state('FAILED')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        compare.main([*LP, '--tag', 's', '--launcher', 'slurm', '--sbatch', 'exclude=node1,node2,mail-type=FAIL',
+                      '--sbatch', 'comment=a,b'])
+    (script,) = record.iterdir()
+    lines = script.read_text().splitlines()
+    for asked in ('--exclude=node1,node2', '--mail-type=FAIL', '--comment=a,b'):
+        assert f'#SBATCH {asked}' in lines, (asked, lines)

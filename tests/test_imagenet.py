@@ -91,6 +91,19 @@ def test_the_four_test_sets_label_their_images_as_released(sets):
         assert y == int(os.path.basename(os.path.dirname(v2.test.base.dataset.files[i])))
 
 
+def test_a_cut_test_set_spans_its_classes(sets, capsys):
+    """--test-limit on a test set read from class folders: N images spread over the classes, not the first
+    folders' (V2's folders sort as 0, 1, 10, 100, ...), the same images every time."""
+    folders, wnids = sets
+    for name in data.TEST_SETS:
+        full = data.load_test_set(name, data_dir=folders[name], img_size=32)
+        cut = data.load_test_set(name, data_dir=folders[name], img_size=32, test_limit=6)
+        classes = len(set(full.test.base.labels))  # 6 classes of 3 images each in these layouts
+        assert len(cut.test) == 6 and len(set(cut.test.base.labels)) == classes == 6, name
+        assert cut.test.base.indices == data.load_test_set(name, data_dir=folders[name], img_size=32,
+                                                           test_limit=6).test.base.indices
+
+
 def test_r_and_a_are_scored_over_their_classes_against_a_hand_computation():
     torch.manual_seed(0)
     head = torch.nn.Linear(5, 1000)
@@ -116,7 +129,10 @@ def test_every_bad_layout_is_one_message_naming_the_path(sets, tmp_path):
               'a wnid outside its 200 classes'),
              ('imagenet-a', lambda f: os.makedirs(f / another_a), another_a, 'an empty class folder'),
              ('imagenet-v2', lambda f: shutil.copytree(f / os.listdir(f)[0], f / '1000'), '1000', 'by index, 0 to 999'),
-             ('imagenet-v2', lambda f: shutil.copytree(f / os.listdir(f)[0], f / wnids[0]), wnids[0], 'not one')]
+             ('imagenet-v2', lambda f: shutil.copytree(f / os.listdir(f)[0], f / wnids[0]), wnids[0], 'not one'),
+             ('imagenet-v2', lambda f: shutil.copytree(f / os.listdir(f)[0], f / '\u00b2'), '\u00b2', 'not one'),  # '²'
+             ('imagenet-r', lambda f: [os.makedirs(f / wnids[0] / 'images'), *[shutil.move(str(p), f / wnids[0] /
+              'images') for p in (f / wnids[0]).glob('*.*')]], wnids[0], "Tiny-ImageNet's layout")]
     for name, edit, path, fragment in cases:
         folder = broken(name, edit)
         with pytest.raises(data.DataError) as e:

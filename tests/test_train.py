@@ -316,7 +316,8 @@ def test_cli_offline_resnet18_is_one_message_not_a_traceback(tmp_path, offline_e
                        capture_output=True, text=True, env=offline_env, timeout=120)
     assert p.returncode == 2
     assert 'Traceback' not in p.stderr
-    assert "weights of 'resnet18.tv_in1k'" in p.stderr and '--weights' in p.stderr and '--no-pretrained' in p.stderr
+    assert 'weights of resnet18.tv_in1k' in p.stderr and '--weights' in p.stderr and '--no-pretrained' in p.stderr
+    assert p.stderr.count('error:') == 1 and 'pip install' not in p.stderr and 'tf_efficientnet_lite0' in p.stderr
 
 
 @pytest.mark.e2e
