@@ -7,10 +7,10 @@
   cifar10-sample 1,500 real CIFAR-10 images shipped in sample/cifar10-sample.npz (sample/README.md), offline
   cifar10        <data_dir>/cifar10.npz (NPZ_FORMAT below), else torchvision's layout, else download
   folder         your own images: <data_dir>/train/<class>/*, test/<class>/* and, if there, val/<class>/*
-and, each read by its file in formats/ (imported only when named): synthetic (made there, for tests), cifar100, eurosat, oxford-pets, food101, dtd,
-flowers102, svhn, gtsrb (torchvision's layout in <data_dir>, else downloaded there), tiny-imagenet, vtab-1k:<task>,
-fgvc:<task>, imagenet and its test sets imagenet-r, imagenet-a, imagenet-sketch, imagenet-v2. A run's data is known by its
-fingerprint: the labels and the arrays, or the files' names and contents, of every image it uses.
+and, each read by its file in formats/ (imported only when named): synthetic (made there, for tests), cifar100,
+eurosat, oxford-pets, food101, dtd, flowers102, svhn, gtsrb (torchvision's layout in <data_dir>, else downloaded),
+tiny-imagenet, vtab-1k:<task>, fgvc:<task>, imagenet and its test sets imagenet-r, -a, -sketch, -v2. A run's data
+is known by its fingerprint: the labels and the arrays, or the files' names and contents, of every image it uses.
 """
 import hashlib
 import os
@@ -48,7 +48,7 @@ class Splits:
 # ---- names ----
 
 def tasks_of(name):
-    """The formats/ module of a 'vtab-1k:<task>' or 'fgvc:<task>' name, imported now, and its task; else (None, None)."""
+    """The formats/ module of a 'vtab-1k:<task>' or 'fgvc:<task>' name (imported now) and its task, or None, None."""
     kind, _, task = name.partition(':')
     if kind not in ('vtab-1k', 'fgvc'):
         return None, None
@@ -81,8 +81,8 @@ def num_classes(name, data_dir):
 class ArrayImages(Dataset):
     """Images held in memory as a uint8 NHWC array (CIFAR from its .npz or torchvision's, SVHN, synthetic data)."""
 
-    def __init__(self, images: np.ndarray, labels):
-        self.images, self.labels = images, [int(y) for y in labels]
+    def __init__(self, images: np.ndarray, labels, classes=None):
+        self.images, self.labels, self.classes = images, [int(y) for y in labels], classes
 
     def __len__(self):
         return len(self.labels)
@@ -103,7 +103,7 @@ def resize(image, size):
     """(3, h, w) uint8, or float in [0, 1] -> float (3, size, size) in [0, 1]: bilinear with antialiasing, no crop."""
     if image.shape[-2:] != (size, size):
         image = TF.resize(image, [size, size], antialias=True)  # fastest on channels-last uint8 (formats/images.py)
-    return (image.float().div_(255) if image.dtype == torch.uint8 else image).contiguous()
+    return image.float().div_(255) if image.dtype == torch.uint8 else image
 
 
 class Resized(Dataset):
@@ -144,9 +144,7 @@ def _cifar10(data_dir, path=None):
                 ys.min() < 0 or ys.max() >= 10:
             raise DataError(f'{path}: x_{s} must be uint8 (N, H, W, 3) and y_{s} N labels in 0..9; got {xs.dtype} '
                             f'{xs.shape} and {len(ys)} labels')
-    train = ArrayImages(x['x_train'], y['y_train'])
-    train.classes = CIFAR10_CLASSES
-    return train, ArrayImages(x['x_test'], y['y_test'])
+    return ArrayImages(x['x_train'], y['y_train'], CIFAR10_CLASSES), ArrayImages(x['x_test'], y['y_test'])
 
 
 def _folder_classes(folder):
@@ -161,8 +159,8 @@ def _folder_classes(folder):
 
 
 def _folder_split(folder, classes):
-    """The images of one split of an image folder, its class folders named as in `classes` (the same letters however
-    the file system composes them: 'é' as one character (NFC) or as 'e' and an accent (NFD))."""
+    """The images of one split of a folder, its class folders named as in `classes`, however the file system composes
+    their letters ('é' as one character, NFC, or as 'e' and an accent, NFD)."""
     from formats.images import IMAGE_EXTENSIONS, FileImages
     label = {unicodedata.normalize('NFC', c): k for k, c in enumerate(classes)}
     found = {c: label.get(unicodedata.normalize('NFC', c)) for c in _folder_classes(folder)}
@@ -179,17 +177,16 @@ def _folder_split(folder, classes):
                             f'empty class folder; give it images, or remove it')
         files += [os.path.join(folder, c, f) for f in names]
         labels += [found[c]] * len(names)
-    return FileImages(files, labels)
+    return FileImages(files, labels, classes=classes)
 
 
 def _folder(data_dir):
     """Your own images: train/<class>/*, test/<class>/*, and val/<class>/* if there."""
     classes, val = _folder_classes(os.path.join(data_dir, 'train')), os.path.join(data_dir, 'val')
     if len({unicodedata.normalize('NFC', c) for c in classes}) < len(classes):
-        raise DataError(f'{data_dir}/train: two class folders have one name, written in two Unicode forms (NFC and '
-                        f'NFD); merge them into one')
+        raise DataError(f'{data_dir}/train: two class folders have one name in two Unicode forms; merge them')
     train = _folder_split(os.path.join(data_dir, 'train'), classes)
-    train.classes, val = classes, _folder_split(val, classes) if os.path.isdir(val) else None
+    val = _folder_split(val, classes) if os.path.isdir(val) else None
     return train, _folder_split(os.path.join(data_dir, 'test'), classes), val
 
 
@@ -227,12 +224,10 @@ def load(name, *, data_dir, img_size, seed, train_per_class=None, test_limit=Non
     if splits == 'tune' and tasks_of(name)[0] is None:
         raise DataError(f'--splits tune reads the split files of a VTAB-1k or FGVC task; {name} has none (hold out '
                         f'validation images with --val-split)')
-    for flag, ok in (('--val-split', 0 <= val_split < 1), ('--train-per-class', train_per_class in (None,) or
-                     train_per_class > 0), ('--test-limit', test_limit is None or test_limit > 0)):
-        if not ok:
-            raise DataError(f'{flag}: out of range (a fraction in [0, 1); a positive number of images)')
-    K = num_classes(name, data_dir)
-    train, test, own_val = sources(name, data_dir, splits)
+    if not 0 <= val_split < 1 or any(n is not None and n < 1 for n in (train_per_class, test_limit)):
+        raise DataError('--val-split, --train-per-class or --test-limit out of range: a fraction in [0, 1), a '
+                        'positive number of images')
+    K, (train, test, own_val) = num_classes(name, data_dir), sources(name, data_dir, splits)
     if own_val is not None and val_split:
         raise DataError(f'--val-split {val_split}: {name} has validation images of its own; leave --val-split out')
     rng, labels, train_idx, val_idx = np.random.default_rng(seed), np.asarray(train.labels), [], []
@@ -249,14 +244,15 @@ def load(name, *, data_dir, img_size, seed, train_per_class=None, test_limit=Non
     val, val_idx = (own_val, range(len(own_val))) if own_val is not None else (train, sorted(val_idx))
     used = [(train, sorted(train_idx)), (val, val_idx), (test, spread(test.labels, test_limit))]
     classes = list(getattr(train, 'classes', None) or [str(k) for k in range(K)])
+    fingerprint = checked(used, classes, img_size, processes)
     train, val, test = (Resized(_labelled_subset(source, indices), img_size) for source, indices in used)
     return Splits(train=train, val=val if val_idx else None, test=test, num_classes=K, classes=classes,
-                  fingerprint=checked(used, classes, processes))
+                  fingerprint=fingerprint)
 
 
 def load_test_set(name, *, data_dir, img_size, test_limit=None, processes=None):
-    """A test set alone, as Splits with no training images: one of ImageNet-1K's four (formats/imagenet.py), labelled
-    in the classes it names (1000 wnids, or R's and A's 200), or a folder's test/ (its own class folders)."""
+    """A test set alone, with no training images: one of ImageNet-1K's four (formats/imagenet.py), labelled in the
+    classes it names (1000 wnids, or R's and A's 200), or a folder's test/ (its own class folders: tools/predict.py)."""
     check_name(name)
     if name not in (*TEST_SETS, 'folder'):
         raise DataError(f'{name}: not a test set of its own ({", ".join(TEST_SETS)}, or a folder\'s test/)')
@@ -268,7 +264,7 @@ def load_test_set(name, *, data_dir, img_size, test_limit=None, processes=None):
         test, classes = imagenet.test_set(name, data_dir)
     used = [(test, spread(test.labels, test_limit))]
     return Splits(train=None, val=None, test=Resized(_labelled_subset(test, used[0][1]), img_size),
-                  num_classes=len(classes), classes=classes, fingerprint=checked(used, classes, processes))
+                  num_classes=len(classes), classes=classes, fingerprint=checked(used, classes, img_size, processes))
 
 
 def spread(labels, n, seed=0):
@@ -281,12 +277,14 @@ def spread(labels, n, seed=0):
     return sorted(order[((np.arange(n) + 0.5) * len(labels) / n).astype(int)].tolist())
 
 
-def checked(used, classes, processes=None):
-    """Checks the images of each (source, indices) a run uses (formats/images.py: once per data set) and returns their
-    fingerprint, sha256 over the class names and each source's fingerprint of its indices. processes: rank, size and
-    gather under torchrun: each checks its share, process 0 fingerprints and tells the others."""
+def checked(used, classes, img_size, processes=None):
+    """Checks the images of each (source, indices) a run uses, at the run's size (image files: once per data set,
+    formats/images.py), and returns their fingerprint, sha256 over the class names and each source's fingerprint of its
+    indices. processes: rank, size and gather under torchrun: each checks its share, process 0 fingerprints and tells
+    the others."""
     processes = processes or {}
     for source, indices in used:
+        source.size = img_size  # image files: a large JPEG is decoded no larger than the run needs
         source.check(indices, **processes)
     if processes.get('rank', 0) != 0:
         return processes['gather'](None)[0]

@@ -200,8 +200,9 @@ def not_used(a, argv, config: dict) -> list:
     """The flags given in argv that change how a run runs, not what it computes (WHERE, MEMORY), whose values differ
     from those a finished run in config was made with: they change nothing it computed."""
     saved = saved_args(config['args'])
-    return [flag(k) + ('' if isinstance(getattr(a, k), bool) else f' {getattr(a, k)}') for k in sorted(given_flags(argv))
-            if k in RESUMABLE and k != 'data_dir' and getattr(a, k) != getattr(saved, k)]
+    differ = [k for k in sorted(given_flags(argv)) if k in RESUMABLE and k != 'data_dir' and getattr(a, k) != getattr(
+        saved, k)]
+    return [flag(k) + ('' if isinstance(getattr(a, k), bool) else f' {getattr(a, k)}') for k in differ]
 
 
 def resumed_args(a, argv, run) -> argparse.Namespace:

@@ -330,8 +330,8 @@ class Loop:
 
     def __init__(self, model, *, features, batches, reduce=distributed.reduce_tensor):
         self.features, self.batches, self.reduce = features, batches, reduce
-        self.hooks = {name: [getattr(m, name) for m in model.modules() if m is not model and
-                             callable(getattr(m, name, None))] for name in ('epoch_start', 'after_backward', 'pop_stats')}
+        self.hooks = {name: [getattr(m, name) for m in model.modules() if m is not model and callable(getattr(
+            m, name, None))] for name in ('epoch_start', 'after_backward', 'pop_stats')}  # looked up once
 
     def epoch_start(self, epoch):
         for hook in self.hooks['epoch_start']:

@@ -243,7 +243,8 @@ def finish(a, model, splits, run, history, train_time, images_seen, trainable):
         images = torch.stack([splits.test[i][0] for i in range(min(a.save_prompts, len(splits.test)))])
         figures = model.prompt.figures(images.to(a.device))
         summary['figures'] = save_figures(figures, run.path)
-        summary.update({k: [[round(v, 4) for v in row] for row in x.tolist()] for k, x in figures.items() if x.dim() == 2})
+        summary.update({k: [[round(v, 4) for v in row] for row in x.tolist()]
+                        for k, x in figures.items() if x.dim() == 2})  # the factors' correlations, as numbers
     where = '' if a.dataset == 'cifar10-sample' else f' --data-dir {a.data_dir}'  # the sample needs no folder
     summary['predict'] = f'python tools/predict.py --prompt {summary["prompt_file"]} --dataset {a.dataset}{where}'
     run.write_json('summary.json', summary)

@@ -106,7 +106,8 @@ def check_loss(loss, K, first_loss, epoch, where):
                    f'first step\'s loss) = {line:.3g}; chance level is ln K = {math.log(K):.3g})')
     else:
         return
-    kept = f'its last checkpoint (epoch {epoch}) is kept' if epoch else 'no epoch had finished, so no checkpoint was written'
+    kept = f'its last checkpoint (epoch {epoch}) is kept' if epoch else \
+        'no epoch had finished, so no checkpoint was written'
     raise Diverged(f'{problem}; the run stopped and {kept}. Try a lower --lr (or --lr-scale), or --precision fp32')
 
 

@@ -6,8 +6,8 @@
     images.fingerprint(indices)               # sha256 of the images' names, labels and contents: what a run ran on
 
 Decoding: a JPEG by torchvision's decoder (libjpeg-turbo; the same pixels as PIL's, EXIF orientation applied, without
-PIL's copies), any other file by PIL through pixels(). The image comes out in channels-last memory order, which the
-resize that follows reads fastest (docs/speed.md).
+PIL's copies), one at least 4 times the run's size on both sides at a reduced scale (decode), any other file by PIL
+through pixels(). The image comes out in channels-last memory order, which the resize reads fastest (docs/speed.md).
 
 Checking: a truncated or unreadable image is named when the data is loaded, not in epoch 2. Decoding every image at
 every start would cost ImageNet-1K an hour of CPU time per run, per resume and per process, so what was checked is
@@ -77,10 +77,14 @@ def pixels(image, where):
     return torch.from_numpy(np.array(image.convert('RGB'))).permute(2, 0, 1)  # (h, w, 3) -> (3, h, w), channels-last
 
 
-def decode(raw: bytes, where: str) -> torch.Tensor:
-    """A file's bytes as the picture a viewer shows (pixels()); a file that is not a whole image is named."""
+def decode(raw: bytes, where: str, size=None) -> torch.Tensor:
+    """A file's bytes as the picture a viewer shows (pixels()); a file that is not a whole image is named. size: the
+    side the run resizes to; a JPEG at least 4 times as large on both sides is decoded at 1/2, 1/4 or 1/8 of its size
+    in the DCT (PIL's draft), never below twice the run's size, from where the resize is as good as from the whole."""
     from PIL import Image
-    if raw[:3] == b'\xff\xd8\xff':  # a JPEG: libjpeg-turbo through torchvision, without PIL's two copies
+    jpeg = raw[:3] == b'\xff\xd8\xff'
+    large = jpeg and size and min(jpeg_size(raw) or (0,)) >= 4 * size
+    if jpeg and not large:  # libjpeg-turbo through torchvision, without PIL's two copies
         try:
             from torchvision.io import ImageReadMode, decode_jpeg
             return decode_jpeg(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB,
@@ -89,6 +93,8 @@ def decode(raw: bytes, where: str) -> torch.Tensor:
             pass  # PIL reads what this decoder does not, or names the damage below
     try:
         with Image.open(io.BytesIO(raw)) as image:
+            if large:
+                image.draft('RGB', (2 * size, 2 * size))
             image.load()  # every pixel decoded: a truncated file fails here
             return pixels(image, where)
     except DataError:
@@ -101,6 +107,17 @@ def decode(raw: bytes, where: str) -> torch.Tensor:
                         f'file, or the archive') from None
 
 
+def jpeg_size(raw: bytes):
+    """(width, height) from a JPEG's frame header, read without decoding anything; None where it is not found."""
+    i = 2
+    while i + 9 < len(raw) and raw[i] == 0xFF:
+        marker, length = raw[i + 1], int.from_bytes(raw[i + 2:i + 4], 'big')
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame: SOF0, SOF2, ...
+            return int.from_bytes(raw[i + 7:i + 9], 'big'), int.from_bytes(raw[i + 5:i + 7], 'big')
+        i += 2 + length
+    return None
+
+
 # ---- image files: read, decoded, checked ----
 
 def checked_folder():
@@ -110,10 +127,13 @@ def checked_folder():
 
 
 class FileImages(Dataset):
-    """Image files, each (path in a zip or on disk, label); a zip is opened once per process (DataLoader workers)."""
+    """Image files, each (path in a zip or on disk, label); a zip is opened once per process (DataLoader workers).
+    size: the side the run resizes to (data.load sets it), so that a large JPEG is decoded no larger than needed;
+    classes: the names of the labels 0..K-1, where the data set names them."""
 
-    def __init__(self, files, labels, zip_path=None):
-        self.files, self.labels, self.zip_path = files, [int(y) for y in labels], zip_path
+    def __init__(self, files, labels, zip_path=None, size=None, classes=None):
+        self.files, self.labels, self.zip_path, self.size = files, [int(y) for y in labels], zip_path, size
+        self.classes = classes  # the class names, where the data set names them
         self._zip, self._pid, self.sha256 = None, None, {}  # index -> the file's sha256, once checked
         self.root = zip_path or (os.path.commonpath([os.path.dirname(f) for f in files]) if files else '')
 
@@ -135,7 +155,7 @@ class FileImages(Dataset):
             raise DataError(f'{self._where(i)}: cannot be read ({first_line(e)})') from None
 
     def __getitem__(self, i):
-        return decode(self._read(i), self._where(i)), self.labels[i]
+        return decode(self._read(i), self._where(i), self.size), self.labels[i]
 
     def name(self, i):
         """The file's path in its folder (or zip): what a run's fingerprint and the remembered check know it by."""
@@ -182,7 +202,7 @@ class FileImages(Dataset):
 
         def one(i, raw):
             try:
-                decode(raw, self._where(i))
+                decode(raw, self._where(i), self.size)
                 return i, hashlib.sha256(raw).hexdigest(), None
             except DataError as e:
                 return i, None, str(e)

@@ -41,9 +41,9 @@ def decoded(monkeypatch):
     """The files decoded (their 'where'), in order, counted through formats.images.decode."""
     seen, original = [], images.decode
 
-    def counted(raw, where):
+    def counted(raw, where, size=None):
         seen.append(where)
-        return original(raw, where)
+        return original(raw, where, size)
     monkeypatch.setattr(images, 'decode', counted)
     return seen
 
@@ -176,6 +176,22 @@ def test_a_jpeg_decodes_to_the_pixels_pil_gives_in_the_order_the_resize_reads_fa
             assert x.stride() == (1, 3 * x.shape[2], 3), name
         assert torch.equal(data.resize(x, 64), data.resize(x.contiguous(), 64)), name  # the same resize either way
     assert len(calls) == 6  # the JPEGs, not the PNG
+
+
+def test_a_large_jpeg_is_decoded_no_larger_than_the_run_needs(tmp_path):
+    """At least 4 times the run's size on both sides: decoded at a reduced scale, never below twice the run's size,
+    and resized from there to what a whole decode gives, within a grey level; smaller ones whole."""
+    big = photo(1, (1024, 768))
+    raw = io.BytesIO()
+    big.save(raw, 'JPEG', quality=95)
+    assert images.jpeg_size(raw.getvalue()) == (1024, 768)
+    for size, decoded_as in ((64, (3, 192, 256)), (96, (3, 192, 256)), (192, (3, 384, 512)), (200, (3, 768, 1024)),
+                             (None, (3, 768, 1024))):
+        x = images.decode(raw.getvalue(), 'big.jpg', size)
+        assert x.shape == decoded_as, size
+    whole = data.resize(as_pil_decodes_it(raw.getvalue()), 64)
+    assert (data.resize(images.decode(raw.getvalue(), 'big.jpg', 64), 64) - whole).abs().mean() < 1 / 255
+    assert images.jpeg_size(b'\xff\xd8\xff\xe0not a jpeg') is None
 
 
 def test_a_cut_test_set_spans_its_classes_the_same_for_every_run():

@@ -4,7 +4,7 @@ step at the same size, so that a run's bound is seen; and what a run's start-up 
 
     python tools/bench_loader.py --data-dir DIR --img-size 224                      # images/s per worker, both paths
     python tools/bench_loader.py --data-dir DIR --img-size 224 --model vit_base_patch32_224 --methods lorsp,lp
-    python tools/bench_loader.py --data-dir DIR --startup                           # first start, later start, a plain pass
+    python tools/bench_loader.py --data-dir DIR --startup                 # the first start, a later one, a plain pass
 
 DIR: an ImageNet-1K layout (train/<wnid>/, val/<wnid>/: tools/make_imagenet.py writes one) or your own folder
 (--dataset folder). A worker is one process on one thread, as a DataLoader worker; the rates are over the same image

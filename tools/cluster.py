@@ -11,8 +11,10 @@ times at most; a preempted one always). train.py and torchrun ignore SIGUSR2, an
 process (runs.requeue_when_warned): the job is requeued whichever process Slurm signals first, or alone, and once. A
 cluster that preempts with SIGTERM alone (no preempt_send_user_signal) ends train.py: the job then waits for Slurm,
 which requeues it (PreemptMode=REQUEUE; it resumes from its last epoch) or cancels it (then the next comparison
-submits it again, resuming), and records no outcome of its own. The job writes its session beside the run with record(), as compare.py does for a run started
-here, so a comparison reads it back the same way, whichever machine ran it. The job's id is kept in <run>.job.json: a
+submits it again, resuming), and records no outcome of its own.
+
+The job writes its session beside the run with record(), as compare.py does for a run started here, so a comparison
+reads it back the same way, whichever machine ran it. The job's id is kept in <run>.job.json: a
 comparison that finds that job still queued or running waits for it instead of submitting it again; one that ended
 with no outcome is FAILED for this comparison (its log named) and submitted again, resuming, by the next.
 

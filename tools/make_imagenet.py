@@ -42,7 +42,7 @@ def write(job):
         top, left = rng.integers(0, base.shape[0] - size[1]), rng.integers(0, base.shape[1] - size[0])
         x = base[top:top + size[1], left:left + size[0]]
         x = x[:, ::-1] if rng.random() < 0.5 else x
-        x = x * rng.uniform(0.7, 1.2) + rng.normal(0, 0.03, x.shape)
+        x = x * rng.uniform(0.7, 1.2) + rng.normal(0, 0.045, x.shape)
         Image.fromarray((np.clip(x, 0, 1) * 255).astype(np.uint8)).save(path, quality=quality)
 
 

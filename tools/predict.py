@@ -61,7 +61,8 @@ def expand(inputs, tasks):
             raise PromptFileError(f'{item}: task {task}, but only {tasks} prompt file(s) were given (a file named '
                                   f'{item}? write ./{item})')
         if os.path.isdir(path):
-            files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(images.IMAGE_EXTENSIONS))
+            files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                           if f.lower().endswith(images.IMAGE_EXTENSIONS))
             if not files:
                 raise data.DataError(f'{path}: a folder without images ({", ".join(images.IMAGE_EXTENSIONS)})')
             out += [(task, f) for f in files]
