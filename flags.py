@@ -15,10 +15,12 @@ import torch
 import backbones
 import data
 import lorsp
-from methods import METHODS, resolve_defaults
+import lotep
+from methods import INPUT_PROMPTS, LABEL_MAPS, METHODS, OPTIMIZERS, resolve_defaults
 
 RESUMABLE = ('device', 'workers', 'data_dir', 'grad_checkpointing')  # may differ on --resume: where it runs, its
 #   data lies, how much memory its step holds
+LR_SCHEDULES = ('cosine', 'cosine_epoch', 'multistep', 'warmup_cosine', 'constant')  # train.lr_factor's
 
 
 def number(cast, lo=-math.inf, hi=math.inf, *, lo_open=False, hi_open=False):
@@ -67,23 +69,20 @@ class HelpFormatter(argparse.RawTextHelpFormatter):
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='train.py', description='Train one method on a frozen timm backbone.',
-                                formatter_class=HelpFormatter,
-                                epilog=f'--resume takes the saved flags; of the others, only '
-                                       f'{", ".join(flag(k) for k in RESUMABLE)} may change.')
+                                formatter_class=HelpFormatter, epilog=f'--resume takes the saved flags; of the others, '
+                                f'only {", ".join(flag(k) for k in RESUMABLE)} may change.')
     p.add_argument('--method', choices=sorted(METHODS), metavar='METHOD', help='required unless --resume:\n' +
                    '\n'.join(f'  {k:<14} {row.help}' for k, row in METHODS.items()))
     p.add_argument('--model', default='resnet18', help='a timm model name, or name.tag; without a tag, the papers\' '
                                                        'weights (backbones.PAPER_TAGS), e.g. resnet18.tv_in1k')
     p.add_argument('--dataset', default='cifar100', type=dataset_name, metavar='DATASET',
                    help=f'{", ".join(n for n in sorted(data.NUM_CLASSES) if n not in data.TEST_SETS)}; folder (your '
-                        f'images: --data-dir/train/<class>/*, test/<class>/*, val/<class>/* if any); vtab-1k:<task> '
-                        f'(a processed VTAB-1k task in --data-dir/<task>/); fgvc:<task> (VPT\'s json splits in '
-                        f'--data-dir); docs/usage.md lists the tasks')
+                        f'images: --data-dir/train/<class>/*, test/<class>/*, val/<class>/* if any); vtab-1k:<task>, '
+                        f'fgvc:<task> (docs/usage.md)')
     p.add_argument('--data-dir', default='data', help='where data sets are read or downloaded (default ./data)')
-    p.add_argument('--splits', choices=['final', 'tune'], help='vtab-1k: final (the default) trains on train800val200 '
-                   'and tests on test.txt; tune trains on train800 and validates on val200. fgvc: tune (the default, '
-                   'VPT\'s protocol) trains on train.json, validates on val.json every epoch and tests on test.json '
-                   '(the summary\'s val-selected test acc is VPT\'s figure); final trains on train + val')
+    p.add_argument('--splits', choices=['final', 'tune'], help='vtab-1k (default final): train800val200 and test.txt, '
+                   'or train800 and val200; fgvc (default tune, VPT\'s): train.json, val.json each epoch, test.json, '
+                   'or train + val')
     p.add_argument('--img-size', type=POS_INT, default=224, help='image side in pixels (training and evaluation)')
     p.add_argument('--epochs', type=POS_INT, help='default: the method recipe (20 for the LoR-VP family)')
     p.add_argument('--batch-size', type=POS_INT, help='global batch (default: the recipe, 256 for the LoR-VP family)')
@@ -91,52 +90,47 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--prompt-lr', type=POS, help='lr of everything but the head (default: --lr; evp: 70 S / 224)')
     p.add_argument('--wd', type=NONNEG, help='weight decay (default: the recipe, 1e-4 for the LoR-VP family)')
     p.add_argument('--lr-scale', type=POS, default=1.0, help='multiplies --lr and --prompt-lr (a tuning grid)')
-    p.add_argument('--optimizer', choices=['sgd', 'adam', 'evp'], help='default: the method recipe')
-    p.add_argument('--schedule-lr', choices=['cosine', 'cosine_epoch', 'multistep', 'warmup_cosine', 'constant'],
-                   help='lr schedule, per step (default: the method recipe)')
+    p.add_argument('--optimizer', choices=OPTIMIZERS, help='default: the method recipe')
+    p.add_argument('--schedule-lr', choices=LR_SCHEDULES, help='lr schedule, per step (default: the method recipe)')
     p.add_argument('--warmup-epochs', type=NONNEG, help='warmup_cosine: epochs of linear warmup (default 10%% of '
                                                         '--epochs: VPT\'s 10 of 100)')
     p.add_argument('--seed', type=NONNEG_INT, default=0, help='seeds the subset, split, batch order, init')
-    p.add_argument('--train-per-class', type=POS_INT, help='reduced protocol: this many training images per class '
-                   '(default: all)')
-    p.add_argument('--test-limit', type=POS_INT, help='reduced protocol: the first N test images (default: all)')
+    p.add_argument('--train-per-class', type=POS_INT, help='this many training images per class (default: all)')
+    p.add_argument('--test-limit', type=POS_INT, help='N test images spread over the classes, the same for every '
+                                                      'seed (default: all)')
     p.add_argument('--val-split', type=FRACTION, default=0.0, help='fraction of training images held out for selection')
-    p.add_argument('--no-test', action='store_true', help='evaluate no test image (a tuning run: it selects on the '
-                                                          '--val-split images only)')
+    p.add_argument('--no-test', action='store_true', help='evaluate no test image (a tuning run: --val-split selects)')
     p.add_argument('--test-every', type=POS_INT, default=1, help='evaluate the test set every N epochs and after the '
                                                                  'last (default 1; large test sets, e.g. VTAB-1k\'s)')
-    p.add_argument('--weights', help='a local checkpoint for --model (timm naming, .safetensors, or lukemelas '
-                                     'EfficientNet naming): all of the backbone is loaded from it, or the run '
-                                     'stops (default: the '
-                                     'tag\'s weights, from timm)')
+    p.add_argument('--weights', help='a local checkpoint for --model, all of its backbone or the run stops (timm\'s or '
+                                     'lukemelas\' naming, .safetensors; default: the tag\'s weights, from timm)')
     p.add_argument('--no-pretrained', action='store_true', help='random backbone weights, on purpose')
     p.add_argument('--precision', choices=['fp32', 'bf16'], help='bf16 autocast or fp32 (default: bf16 on CUDA, fp32 '
                                                                  'on a CPU, whatever its instructions)')
     p.add_argument('--compile', action='store_true', help='torch.compile the LoRSP prompt (docs/speed.md)')
     p.add_argument('--channels-last', action='store_true', help='the backbone and its input in channels-last memory '
                    'order: faster convolutions (1.4x a Lite0 step on a CPU), the same maths (docs/speed.md)')
-    p.add_argument('--grad-checkpointing', action='store_true', help='the frozen backbone\'s blocks keep no '
-                   'activations and recompute them in backward (timm\'s set_grad_checkpointing): less memory, a '
-                   'slower step, the same gradients (docs/speed.md)')
+    p.add_argument('--grad-checkpointing', action='store_true', help='the frozen backbone\'s blocks recompute their '
+                   'activations in backward: less memory, a slower step, the same gradients (docs/speed.md)')
     p.add_argument('--device', type=device_name, default='auto', help='auto (cuda if there is one), cpu, cuda:N')
     p.add_argument('--workers', type=NONNEG_INT, help='DataLoader workers (default 0 on cpu, 8 on cuda)')
     p.add_argument('--out', help='run directory (default: runs/<method>-<model>-<dataset>-s<seed>-<hash of the '
-                                  'settings>, printed when the run starts)')
+                                  'settings and the data>, printed when the run starts)')
     p.add_argument('--resume', action='store_true', help='continue the run in --out (or the same command\'s default '
                    'folder) from its last saved epoch')
     g = p.add_argument_group('prompt shapes (LoTeP, grouped VP, LoR-VP, LoRSP)')
     g.add_argument('--rank', type=POS_INT, help='r0 of LoTeP (default 6); r of LoR-VP, grouped VP, LoRSP (default 4)')
     g.add_argument('--rho', type=number(float, 0, 1, lo_open=True), help='deep prompts: d = floor(L rho) (default: '
                                                                          'per backbone family, methods.DEEP_RHO)')
-    g.add_argument('--schedule', default='cosine', choices=['cosine', 'cosine_den_d', 'linear', 'constant'],
-                   help='LoTeP rank schedule (Eq. 8 as printed; cosine_den_d fits Table 4\'s counts)')
-    g.add_argument('--vit-layout', default='patches', choices=['patches', 'sequence'], help='ViT deep prompts: on the '
+    g.add_argument('--schedule', default='cosine', choices=lotep.SCHEDULES, help='LoTeP rank schedule (Eq. 8 as '
+                   'printed; cosine_den_d fits Table 4\'s counts)')
+    g.add_argument('--vit-layout', default='patches', choices=lotep.VIT_LAYOUTS, help='ViT deep prompts: on the '
                    'patch grid or the token sequence (docs/lotep.md)')
     g.add_argument('--init-std', type=POS, help='std of the prompt\'s random factor: LoTeP\'s spatial factors, '
-                                                'LoR-VP\'s / grouped VP\'s A, LoRSP\'s W, VPT\'s '
-                                                'tokens (default: per method)')
-    g.add_argument('--core-init', default='identity', choices=['identity', 'normal'], help='LoTeP-TK core init')
-    g.add_argument('--input-prompt', default='none', choices=['none', 'lorvp', 'cp'],
+                                                'LoR-VP\'s and grouped VP\'s A, LoRSP\'s W, VPT\'s tokens (default: '
+                                                'per method)')
+    g.add_argument('--core-init', default='identity', choices=lotep.CORE_INITS, help='LoTeP-TK core init')
+    g.add_argument('--input-prompt', default='none', choices=INPUT_PROMPTS,
                    help='LoTeP: also a pixel prompt (docs/lotep.md): LoR-VP r = 4, or CP of rank --rank')
     g.add_argument('--groups', type=POS_INT, help='grouped_lorvp: channel groups g (default 8)')
     g = p.add_argument_group('LoRSP')
@@ -146,21 +140,18 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument('--v-reset', type=number(float), default=0.0, help='LIF reset V_reset (Eq. 8)')
     g.add_argument('--sparsity', type=FRACTION, default=0.5, help='lorsp_topk / lorsp_dropout: fraction zeroed')
     g.add_argument('--eq9', default='mean', choices=['mean', *lorsp.EQ9], help='how spikes gate the factors')
-    g.add_argument('--orientation', default='cols', choices=['cols', 'rows'], help='Eq. (5): P = B A^T (cols) or its '
-                   'transpose')
-    g.add_argument('--surrogate', default='sigmoid', choices=['sigmoid', 'atan'],
-                   help='the spike\'s surrogate gradient')
+    g.add_argument('--orientation', default='cols', choices=lorsp.ORIENTATIONS, help='Eq. (5): P = B A^T (cols) or '
+                   'its transpose')
+    g.add_argument('--surrogate', default='sigmoid', choices=lorsp.SURROGATES, help='the spike\'s surrogate gradient')
     g.add_argument('--save-prompts', type=NONNEG_INT, default=0, help='K: PNGs of K test prompts, factor correlations')
     g = p.add_argument_group('baselines')
-    g.add_argument('--label-map', choices=['lp', 'fm', 'ilm', 'flm', 'freq', 'iter', 'mode'],
-                   help='head: lp (linear probe, default), fm (linear on source logits, autovp default), ilm (greedy '
-                        'mapping every epoch, ilm_vp default), flm (once, flm_vp), freq / iter (k sources each), '
-                        'mode (each class its most frequent source prediction, once: EVP\'s non-CLIP head)')
+    g.add_argument('--label-map', choices=LABEL_MAPS, help='head: lp (linear probe, default), fm (linear on source '
+                   'logits, autovp\'s), ilm (greedy mapping every epoch, ilm_vp\'s), flm (once, flm_vp\'s), freq / '
+                   'iter (k sources each), mode (each class its most frequent source prediction: EVP\'s non-CLIP head)')
     g.add_argument('--map-k', type=POS_INT, default=1, help='freq / iter: source classes per target')
     g.add_argument('--map-interval', type=POS_INT, default=1, help='iter: recompute every N epochs')
-    g.add_argument('--image-scale', type=number(float, 0, 1, lo_open=True, hi_open=True),
-                   help='border prompts: shrunk image side / canvas side (ILM-VP at CIFAR\'s 32 px in 224: '
-                        '0.143; default: per method)')
+    g.add_argument('--image-scale', type=number(float, 0, 1, lo_open=True, hi_open=True), help='border prompts: '
+                   'shrunk image side / canvas side (ILM-VP at CIFAR\'s 32 px in 224: 0.143; default: per method)')
     g.add_argument('--prompt-tokens', type=POS_INT, default=10, help='vpt_deep: tokens per block')
     g.add_argument('--lora-rank', type=POS_INT, default=8, help='LoRA rank r')
     g.add_argument('--lora-alpha', type=POS, default=8.0, help='LoRA alpha (the update is scaled by alpha / r)')

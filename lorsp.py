@@ -34,6 +34,9 @@ import math
 import torch
 import torch.nn as nn
 
+ORIENTATIONS = ('cols', 'rows')  # Eq. (5): P_k = B (A^k)^T, or its transpose
+SURROGATES = ('sigmoid', 'atan')  # the spike's gradient in backward (SpikeFunction)
+
 # ---- the LIF neuron (Eqs. 6-8) with a surrogate gradient ----
 
 
@@ -94,8 +97,8 @@ class LoRSP(nn.Module):
             raise ValueError(f'tau must be > 1 (the leak divides the input by tau; at 1 there is no leak), got {tau}')
         if mode not in ('lif', *ABLATIONS) or combine not in ('mean', *EQ9):
             raise ValueError(f'mode must be one of {("lif", *ABLATIONS)} and combine one of {("mean", *EQ9)}')
-        if orientation not in ('cols', 'rows') or surrogate not in ('sigmoid', 'atan'):
-            raise ValueError("orientation must be 'cols' or 'rows', surrogate 'sigmoid' or 'atan'")
+        if orientation not in ORIENTATIONS or surrogate not in SURROGATES:
+            raise ValueError(f'orientation must be one of {ORIENTATIONS}, surrogate one of {SURROGATES}')
         if mode in ('topk', 'dropout') and not 0.0 <= sparsity < 1.0:
             raise ValueError(f'sparsity is the fraction of prompt entries zeroed, in [0, 1); got {sparsity}')
         self.n, self.r, self.tau, self.v_th, self.v_reset = factors, rank, tau, v_th, v_reset

@@ -31,6 +31,8 @@ INIT_STD = 0.3
 # ---- Eq. (8): prompting depth and rank schedule ----
 
 SCHEDULES = ('cosine', 'cosine_den_d', 'linear', 'constant')
+CORE_INITS = ('identity', 'normal')  # TuckerPrompt's core ('zero' too, only to show why it cannot be: a deadlock)
+VIT_LAYOUTS = ('patches', 'sequence')  # a ViT's deep prompt on its patch grid, or on its whole token sequence
 
 
 def depth(L: int, rho: float) -> int:
@@ -115,7 +117,7 @@ class TuckerPrompt(nn.Module):
         elif core_init == 'zero':  # only to show the deadlock
             core = torch.zeros(rank, rank, rank)
         else:
-            raise ValueError(f"core_init must be 'identity', 'normal' or 'zero', got {core_init!r}")
+            raise ValueError(f"core_init must be one of {(*CORE_INITS, 'zero')}, got {core_init!r}")
         self.core = nn.Parameter(core)  # core tensor, (R, R, R)
         self.U = nn.Parameter(torch.zeros(rank, C))  # channel factor, zero-init
         self.V = nn.Parameter(torch.randn(rank, H) * init_std)
@@ -182,7 +184,7 @@ class DeepPrompts(nn.Module):
 
     def __init__(self, *, backbone, input_size, make_prompt, rho, ranks=None, vit_layout='patches'):
         super().__init__()
-        if vit_layout not in ('patches', 'sequence'):
+        if vit_layout not in VIT_LAYOUTS:
             raise ValueError(f"vit_layout must be 'patches' or 'sequence', got {vit_layout!r}")
         blocks, self.layout = find_blocks(backbone)
         self.L, self.d = len(blocks), depth(len(blocks), rho)

@@ -24,7 +24,6 @@ from torch.utils.data import DataLoader, TensorDataset
 import baselines
 import data
 import distributed
-import grouped_vp
 import lorsp
 import lotep
 from backbones import Adapted, checkpointed, create, family, normalizer, on_meta
@@ -64,36 +63,26 @@ def assemble(a, K, *, prompt=None, deep=None, wrap=None, train_backbone=False):
     return model
 
 
-def size(a):
-    return (3, a.img_size, a.img_size)
-
-
-# ---- builders ----
-
-def build_lp(a, K):
-    return assemble(a, K)
-
-
-def build_ft(a, K):
-    return assemble(a, K, train_backbone=True)
-
+# ---- builders: each method is assemble() with some parts filled in (lp is assemble itself; ft trains its backbone) ----
 
 def build_lotep(a, K, *, kind):
     pixel = {'none': None, 'lorvp': lambda: baselines.LoRVP(size=a.img_size, rank=4),
              'cp': lambda: lotep.PixelPrompt(size=a.img_size, rank=a.rank, init_std=a.init_std)}[a.input_prompt]
     return assemble(a, K, prompt=pixel() if pixel else None, deep=lambda bb: lotep.lotep(
-        backbone=bb, input_size=size(a), kind=kind, r0=a.rank, rho=a.rho, schedule=a.schedule, init_std=a.init_std,
+        backbone=bb, input_size=(3, a.img_size, a.img_size), kind=kind, r0=a.rank, rho=a.rho, schedule=a.schedule, init_std=a.init_std,
         core_init=a.core_init, vit_layout=a.vit_layout))
 
 
 def build_grouped_lorvp(a, K, *, per_channel):
+    import grouped_vp  # the Grouped-VP study (LoTeP, Sec. 3): read only when one of its methods is named
     return assemble(a, K, deep=lambda bb: grouped_vp.grouped_lorvp(
-        backbone=bb, input_size=size(a), groups=None if per_channel else a.groups, rank=a.rank, rho=a.rho,
+        backbone=bb, input_size=(3, a.img_size, a.img_size), groups=None if per_channel else a.groups, rank=a.rank, rho=a.rho,
         init_std=a.init_std, vit_layout=a.vit_layout))
 
 
 def build_naive_deep_vp(a, K):
-    return assemble(a, K, deep=lambda bb: grouped_vp.naive_deep_vp(backbone=bb, input_size=size(a), rho=a.rho,
+    import grouped_vp
+    return assemble(a, K, deep=lambda bb: grouped_vp.naive_deep_vp(backbone=bb, input_size=(3, a.img_size, a.img_size), rho=a.rho,
                                                                    vit_layout=a.vit_layout))
 
 
@@ -175,8 +164,8 @@ LORSP = dict(rank=4, init_std=0.01)  # (n, r) = (4, 4): 6,272 parameters at 224 
 LORSP_FLAGS = ('save_prompts', 'compile')  # its figures (LoRSP.figures), its prompt compiled
 
 METHODS = {
-    'lp': Method('linear probe: a fresh linear head on the frozen backbone', build_lp, LORVP_RECIPE),
-    'ft': Method('full fine-tuning, Adam 1e-4 (ILM-VP\'s corrected baseline)', build_ft,
+    'lp': Method('linear probe: a fresh linear head on the frozen backbone', assemble, LORVP_RECIPE),
+    'ft': Method('full fine-tuning, Adam 1e-4 (ILM-VP\'s corrected baseline)', partial(assemble, train_backbone=True),
                  {**LORVP_RECIPE, 'optimizer': 'adam', 'lr': 1e-4, 'wd': 0.0}),
     'lora': Method('LoRA on every conv and linear (or --lora-targets), B = 0, merged for inference', build_lora,
                    {**LORVP_RECIPE, 'optimizer': 'adam', 'lr': 1e-3, 'wd': 0.0}),  # our choice: no paper recipe
@@ -319,14 +308,13 @@ def what_trains(a, model, splits):
 
 
 class Loop:
-    """How a method takes part in the loop: the loop calls these at their moments, and each calls the method of that
-    name on every module of the model that has one (a module's hook gets this Loop):
+    """How a method takes part in the loop: at each moment the loop calls the method of that name on every module of
+    the model that has one (the hooks), handing it this Loop:
         epoch_start(epoch, loop)  before each epoch (label mappings: recount the source predictions when due)
         after_backward(loop)      after each backward (EVP's prompt: its canvas gradient, averaged over processes)
         pop_stats()               after each evaluation: diagnostics for metrics.jsonl (LoRSP: spike rates, density)
-    features: images -> the frozen backbone's output, prompt included (what a label mapping counts); batches: () ->
-    this process's share of the training images, in order; reduce: sums (mean=True: averages) a tensor over the
-    processes, in place. The loop owns every collective: a hook sums only through reduce."""
+    features: images -> the frozen backbone's output, prompt included; batches: () -> this process's share of the
+    training images, in order; reduce: sums a tensor over the processes in place (the loop owns every collective)."""
 
     def __init__(self, model, *, features, batches, reduce=distributed.reduce_tensor):
         self.features, self.batches, self.reduce = features, batches, reduce

@@ -16,7 +16,6 @@ import fcntl
 import json
 import math
 import os
-import signal
 import sys
 import time
 
@@ -158,21 +157,6 @@ class RunDir:
         except Exception as e:
             raise RunDirError(f'{self.file("checkpoint.pt")} is damaged ({type(e).__name__}: '
                               f'{str(e).strip().splitlines()[0][:120]}); the run cannot continue from it') from None
-
-
-def requeue_when_warned():
-    """In a cluster job (tools/cluster.py puts the job's process id in VP_JOB_PID), Slurm's SIGUSR2 (a preemption, or
-    90 s before the time limit) goes on to the job's process, which stops this run and requeues it to resume from its
-    last epoch, whichever of them Slurm signals first, or alone. Elsewhere SIGUSR2 keeps its default."""
-    job = os.environ.get('VP_JOB_PID', '')
-
-    def warn_the_job(*_):
-        try:
-            os.kill(int(job), signal.SIGUSR2)
-        except ProcessLookupError:
-            pass  # the job's process is gone: nothing to requeue
-    if job.isdigit():
-        signal.signal(signal.SIGUSR2, warn_the_job)
 
 
 def _write_text(path, text):

@@ -26,7 +26,7 @@ import distributed
 from distributed import GlobalBatches, gather_objects, reduce_numbers, reduce_tensor, share, world
 from flags import UsageError, default_out, not_used, parse, resolve, resumed_args, same_run
 from methods import BuildError, Loop, StateError, autocast, build, load_state, optimizer, trainable_state, what_trains
-from runs import Progress, RunDir, RunDirError, finish, print_start, print_summary, requeue_when_warned
+from runs import Progress, RunDir, RunDirError, finish, print_start, print_summary
 
 # ---- the learning rate and the batches ----
 
@@ -294,7 +294,6 @@ def report_finished(a, argv, run):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    requeue_when_warned()  # in a cluster job: Slurm's warning goes to the job, which requeues this run
     a = parse(argv)
     device = a.device = distributed.init(a.device)  # torchrun: one process per GPU, or gloo on the CPU
     rank, size = world()

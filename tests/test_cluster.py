@@ -174,7 +174,7 @@ def test_slurm_jobs_get_the_flags_asked_and_a_queued_one_is_not_submitted_twice(
     assert run.argv[run.argv.index('--out') + 1] == os.path.join('runs', 'offline-cifar10-s', 'lp-s0')
     assert run.argv[run.argv.index('--method') + 1] == 'lp' and run.threads == 2  # 4 CPUs over 2 GPUs
     assert run.command()[1:5] == ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']  # one per GPU
-    assert run.command()[5:] == [os.path.join(ROOT, 'train.py'), *run.argv]
+    assert run.command()[5:] == [os.path.join(ROOT, 'tools', 'job.py'), *run.argv]  # train.py, as a job runs it
 
     set_state('PENDING')  # a comparison run again while that job waits in the queue: no second submission
     p = compare.parser()

@@ -7,8 +7,8 @@ A job runs the run's own train.py command (TrainRun), its output appended to <ru
 job's own log is <run>.jobs/<job id>_0_log.err (and .out). When Slurm preempts a job, or 90 s before its time limit, it
 sends SIGUSR2 to every process of the job: submitit then calls TrainRun.checkpoint, which stops train.py (every
 finished epoch is in its checkpoint.pt) and requeues the job, which resumes from there (a job out of time is requeued 3
-times at most; a preempted one always). train.py and torchrun ignore SIGUSR2, and train.py passes it on to the job's
-process (runs.requeue_when_warned): the job is requeued whichever process Slurm signals first, or alone, and once. A
+times at most; a preempted one always). torchrun ignores SIGUSR2, and train.py, started as tools/job.py, passes it on
+to the job's process: the job is requeued whichever process Slurm signals first, or alone, and once. A
 cluster that preempts with SIGTERM alone (no preempt_send_user_signal) ends train.py: the job then waits for Slurm,
 which requeues it (PreemptMode=REQUEUE; it resumes from its last epoch) or cancels it (then the next comparison
 submits it again, resuming), and records no outcome of its own.
@@ -62,7 +62,7 @@ def die_with_parent():
 
 def job_child():
     """In a job's child (train.py, or torchrun and its train.py processes): dies with the job's process, and ignores
-    Slurm's SIGUSR2 (its default would end it before the job requeues; train.py passes it on to the job)."""
+    Slurm's SIGUSR2 (its default would end it before the job requeues; tools/job.py passes it on to the job)."""
     die_with_parent()
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
@@ -260,8 +260,10 @@ class TrainRun:
     gpus: int = 1
 
     def command(self):
-        """train.py's command (train_command); on a job with several GPUs, under torchrun, a process each."""
+        """train.py's command (train_command) as a job runs it (tools/job.py); on a job with several GPUs, under
+        torchrun, a process each."""
         cmd = train_command(self.argv, self.out)
+        cmd[1] = os.path.join(ROOT, 'tools', 'job.py')  # train.py, passing Slurm's warning on to the job
         if self.gpus > 1:  # data-parallel over the job's GPUs (docs/gpus.md): the same run, its batch shared
             cmd = [cmd[0], '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={self.gpus}', *cmd[1:]]
         return cmd
