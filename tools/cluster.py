@@ -271,10 +271,10 @@ class TrainRun:
     def __call__(self):
         cmd = self.command()
         print(f'{"resuming" if "--resume" in cmd else "running"} {" ".join(cmd[1:])}', flush=True)
-        self.t0, self.warned, self.ended = time.time(), False, False
+        self.t0, self.ended = time.time(), False
         requeue = signal.getsignal(signal.SIGUSR2)  # submitit's: checkpoint(), then the job requeued
-        signal.signal(signal.SIGUSR2, lambda *args: None if self.warned else (setattr(self, 'warned', True),
-                                                                                requeue(*args)))  # once
+        signal.signal(signal.SIGUSR2, lambda *args: (signal.signal(signal.SIGUSR2, signal.SIG_IGN), requeue(*args)))
+        # once: a second warning (train.py passes Slurm's on) is ignored, even while the process exits
         bypass = signal.getsignal(signal.SIGTERM)  # submitit's: logged, ignored (Slurm requeues or cancels the job)
         signal.signal(signal.SIGTERM, lambda *args: (setattr(self, 'ended', True), callable(bypass) and bypass(*args)))
         with open(self.out + '.log', 'a') as log:
