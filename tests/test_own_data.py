@@ -117,10 +117,12 @@ def test_exif_orientation_is_applied_as_viewers_do(tmp_path):
     pixels[:, :20] = 0
     exif = Image.Exif()
     exif[0x0112] = 6
-    Image.fromarray(pixels).save(tmp_path / 'photo.jpg', exif=exif, quality=95)
-    x, _ = FileImages([str(tmp_path / 'photo.jpg')], [0])[0]
-    assert x.shape == (3, 40, 20)
-    assert x[:, :20].float().mean() < 10 and x[:, 20:].float().mean() > 245
+    Image.fromarray(pixels).save(tmp_path / 'photo.jpg', exif=exif, quality=95)  # torchvision's decoder
+    Image.fromarray(pixels).save(tmp_path / 'scan.png', exif=exif)  # PIL's (pixels())
+    for name in ('photo.jpg', 'scan.png'):
+        x, _ = FileImages([str(tmp_path / name)], [0])[0]
+        assert x.shape == (3, 40, 20), name
+        assert x[:, :20].float().mean() < 10 and x[:, 20:].float().mean() > 245, name
 
 
 def test_a_truncated_jpeg_is_found_when_the_data_is_loaded(tmp_path):
