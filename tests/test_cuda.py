@@ -139,3 +139,31 @@ def test_torchrun_sets_up_its_group_and_trains_through_it(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     s = json.loads((tmp_path / 'r' / 'summary.json').read_text())
     assert s['processes'] == 1 and ('gloo' if DRY else 'nccl') in s['backend']
+
+
+def test_the_loader_keeps_pace_with_the_model_at_224_px(tmp_path):
+    """One loader worker's images/s at 224 px from photo-sized JPEGs (tools/bench_loader.py, this codebase's path
+    against the plain PIL one) beside a training step of ViT-B/32 (lorsp) and ConvNeXt-B (lotep_cp) on the device: the
+    workers a run needs to keep each fed, printed and, with VP_CUDA_REPORT, recorded. A dry run: 64 px, small models."""
+    from tools import bench_loader, make_imagenet
+    layout = tmp_path / 'in1k'
+    make_imagenet.main([str(layout), '--images', '200', '--val', '0.05', '--workers', '2'])
+    size = 64 if DRY else 224
+    rates, ratio = bench_loader.worker_rates(bench_loader.files_of(parse_loader(layout), 100), size, rounds=3)
+    assert rates['loader'] > 0 and ratio > 1  # the plain path is the slower one
+    steps = {}
+    for method, model in (('lorsp', 'vit_base_patch32_224'), ('lotep_cp', 'convnext_base')):
+        b = parse_loader(layout, model='test_vit' if DRY else model, batch=32 if DRY else 128)
+        steps[f'{method} on {b.model}'] = bench_loader.model_rate(b, method, size)
+    report = {name: dict(images_per_s=rate, workers_needed=rate / rates['loader']) for name, rate in steps.items()}
+    report['loader'] = dict(images_per_s_per_worker=rates['loader'], over_the_plain_path=ratio)
+    print(json.dumps(report, indent=1))
+    if os.environ.get('VP_CUDA_REPORT'):
+        with open(os.environ['VP_CUDA_REPORT'] + '.loader.json', 'w') as f:
+            json.dump(report, f, indent=1)
+
+
+def parse_loader(layout, model='tf_efficientnet_lite0', batch=32):
+    import argparse
+    return argparse.Namespace(dataset='imagenet', data_dir=str(layout), model=model, batch_size=batch, device=DEVICE,
+                              rounds=3)
