@@ -181,10 +181,10 @@ def default_out(a, data: str) -> str:
     return os.path.join('runs', f'{a.method}-{a.model}-{a.dataset.replace(":", "-")}-s{a.seed}-{tag}')
 
 
-def same_run(a, data: str, config: dict) -> bool:
-    """Whether a run folder's config.json holds what the resolved arguments a compute on this data."""
-    return json.loads(settings(a)) == json.loads(settings(saved_args(config['args']))) and \
-        config.get('data') in (data, None)  # None: a run made before runs recorded their data
+def same_run(a, config: dict) -> bool:
+    """Whether a run folder's config.json holds the settings the resolved arguments a compute (its data is checked
+    beside it: config['data'], the fingerprint train.py's set-up compares)."""
+    return json.loads(settings(a)) == json.loads(settings(saved_args(config['args'])))
 
 
 def not_used(a, argv, config: dict) -> list:

@@ -1,7 +1,8 @@
 """LoTeP: low-rank tensor visual prompts on deep activations (CP and Tucker), with cosine rank decay.
 
 Going Deep: Deep Visual Prompting with LoTeP (Zhao, Wang, Wu, Wang, Zhang, Chan, Li, 2026); no public code.
-Implements Eq. (1) (a prompt added to each block input; Eq. (2)'s head is the model's own), Eqs. (4)-(5) (Tucker
+Implements Eq. (1) (a prompt added to each block input; Eq. (2)'s head is the model's classifier: in train.py a fresh
+linear head, backbones.Adapted.forward), Eqs. (4)-(5) (Tucker
 prompt), (6)-(7) (CP prompt), d = floor(L rho) (prompting depth) and Eq. (8) (cosine rank decay), each above the
 line that computes it. Choices where the paper is silent: docs/lotep.md.
 
@@ -76,7 +77,8 @@ def rank_schedule(r0: int, d: int, kind: str = 'cosine') -> list[int]:
 
 class CPPrompt(nn.Module):
     """LoTeP-CP, a CP-rank-R tensor. Channel factors start at zero and spatial factors random (N(0, init_std^2)),
-    so P = 0 at step 0 and the prompted model is exactly the frozen one."""
+    so P = 0 at step 0 and the prompted model is exactly the frozen one; the first step moves a alone (b and c get
+    no gradient while a = 0), as LoR-VP's zero factor does."""
 
     def __init__(self, *, shape: tuple[int, int, int], rank: int, init_std: float = INIT_STD):
         super().__init__()
@@ -169,7 +171,8 @@ class AddPrompt:
         if x.shape[1:] != expected:  # a prompt copied to another project and fed another image size
             raise ValueError(f'block {self.l} was prompted for inputs of {expected} per image and got '
                              f'{tuple(x.shape[1:])}: build the prompts with the input_size of these images')
-        return (x + self.prompts.prompt(self.l).to(x.dtype),) + args[1:]  # X_l + P_l, broadcast over the batch
+        # Eq. (1): block l computes f_l(X_l + P_l), P_l broadcast over the batch
+        return (x + self.prompts.prompt(self.l).to(x.dtype),) + args[1:]
 
 
 class DeepPrompts(nn.Module):

@@ -140,19 +140,20 @@ class Watch:
 # ---- the loop ----
 
 def train_epoch(a, net, opt, dl, epoch, loop, watch):
-    """One epoch's steps; returns (summed loss, correct predictions, images) over the global batches."""
+    """One epoch's steps of net, what trains (in DDP under torchrun); returns (summed loss, correct predictions,
+    images) over the global batches."""
     steps = len(dl)
     for i, (x, y) in enumerate(dl):
         set_lr(opt, lr_factor(a, epoch * steps + i, a.epochs * steps, steps))  # the lr schedule, per step
         x, y = x.to(a.device, non_blocking=True), y.to(a.device, non_blocking=True)
         with autocast(a):
-            logits = net(x)  # forward: prompt, frozen backbone, head
+            logits = net(x)  # forward: input prompt, frozen backbone (deep prompts added at its blocks), head
         loss_sum = F.cross_entropy(logits.float(), y, reduction='sum')  # loss: summed over this batch
         opt.zero_grad(set_to_none=True)
         # backward of the batch's mean loss: loss_sum / n for a batch of n images in one process (under torchrun each
         # process holds a share of the n, and DDP averages the processes' gradients: GlobalBatches.scale)
         (loss_sum * dl.batch_sampler.scale(i)).backward()
-        loop.after_backward()  # a method's hook (EVP: its canvas gradient over the global batch)
+        loop.after_backward()  # methods' hooks, if any (EVP: its canvas gradient over the global batch)
         opt.step()  # update
         watch.step(i, loss_sum.detach(), logits.argmax(1) == y)
     return watch.read[0], watch.read[1], watch.seen
@@ -160,7 +161,7 @@ def train_epoch(a, net, opt, dl, epoch, loop, watch):
 
 def train(a, model, splits, run, ckpt=None):
     """The epochs (from a checkpoint's, if given); returns the metrics of every epoch, training time, images seen.
-    The frozen backbone stays in eval mode all along (its BatchNorm statistics and dropout as pretrained): model.train()
+    The frozen backbone stays in eval mode all along (its BatchNorm statistics and dropout as pretrained): net.train()
     puts the prompt and the head in train mode, never the backbone (backbones.Adapted.train), unless ft trains it."""
     opt = optimizer(a, model)
     history, train_time, images_seen, first_loss = [], 0.0, 0, None
@@ -177,7 +178,7 @@ def train(a, model, splits, run, ckpt=None):
     for epoch in range(len(history), a.epochs):
         torch.manual_seed(a.seed * 100_003 + epoch)  # dropout masks etc.: the same with and without a resume
         t0 = time.time()
-        model.eval()
+        model.eval()  # the epoch_start hooks see the model as evaluation does (label mappings count its predictions)
         loop.epoch_start(epoch)
         net.train()
         dl = loader(splits.train, a, seed=a.seed * 100_003 + epoch)
@@ -247,7 +248,7 @@ def setup(a, argv, processes):
                          f'{a.data_dir} holds now for {a.dataset} (other images, labels or classes); '
                          f'{"resume it with the data it started on" if a.resume else "choose another --out"}, or leave '
                          f'--out out: a run on this data gets its own folder')
-    if run.exists('summary.json') and (a.resume or same_run(a, splits.fingerprint, config)):
+    if run.exists('summary.json') and (a.resume or same_run(a, config)):
         return a, run, None, splits, None  # the same command again: its finished run is reported
     if processes['rank'] == 0:
         run.claim(resume=a.resume)
