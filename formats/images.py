@@ -159,7 +159,10 @@ class FileImages(Dataset):
 
     def name(self, i):
         """The file's path in its folder (or zip): what a run's fingerprint and the remembered check know it by."""
-        return self.files[i] if self.zip_path else os.path.relpath(self.files[i], self.root)
+        f = self.files[i]
+        if self.zip_path:
+            return f
+        return f[len(self.root) + 1:] if f.startswith(self.root + os.sep) else os.path.relpath(f, self.root)
 
     def stamps(self, indices):
         """name -> (size, time) of each image: its size and modification time in ns (a zip member: its CRC)."""

@@ -37,7 +37,7 @@ class Images(Dataset):
     or a clear error naming the file."""
 
     def __init__(self, paths, size):
-        self.files = data.Resized(images.FileImages(paths, [0] * len(paths)), size)
+        self.files = data.Resized(images.FileImages(paths, [0] * len(paths), size=size), size)
 
     def __len__(self):
         return len(self.files)
