@@ -257,8 +257,8 @@ BUGS = {
     'the core imports a tool': ('runs.py', 'from methods import trainable_state\n',
                                 'from methods import trainable_state\nimport tools.figures  # noqa\n',
                                 'tests/test_layout.py'),
-    'the loop names a method': ('train.py', '        loop.after_backward()  # a method\'s hook',
-                                "        loop.after_backward() if a.optimizer == 'evp' else None  # a method's hook",
+    'the loop names a method': ('train.py', '        loop.after_backward()  # methods\' hooks',
+                                "        loop.after_backward() if a.optimizer == 'evp' else None  # methods' hooks",
                                 'tests/test_layout.py'),
 }
 
