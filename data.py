@@ -244,10 +244,9 @@ def load(name, *, data_dir, img_size, seed, train_per_class=None, test_limit=Non
     val, val_idx = (own_val, range(len(own_val))) if own_val is not None else (train, sorted(val_idx))
     used = [(train, sorted(train_idx)), (val, val_idx), (test, spread(test.labels, test_limit))]
     classes = list(getattr(train, 'classes', None) or [str(k) for k in range(K)])
-    fingerprint = checked(used, classes, img_size, processes)
     train, val, test = (Resized(_labelled_subset(source, indices), img_size) for source, indices in used)
     return Splits(train=train, val=val if val_idx else None, test=test, num_classes=K, classes=classes,
-                  fingerprint=fingerprint)
+                  fingerprint=checked(used, classes, img_size, processes))
 
 
 def load_test_set(name, *, data_dir, img_size, test_limit=None, processes=None):
@@ -278,12 +277,13 @@ def spread(labels, n, seed=0):
 
 
 def checked(used, classes, img_size, processes=None):
-    """Checks the images of each (source, indices) a run uses, at the run's size (image files: once per data set,
-    formats/images.py), and returns their fingerprint, sha256 over the class names and each source's fingerprint of its
-    indices. processes: rank, size and gather under torchrun: each checks its share, process 0 fingerprints and tells
-    the others."""
-    processes = processes or {}
-    for source, indices in used:
+    """Checks the images the run uses (used: (source, indices) pairs) at the run's size, each source once (image files:
+    formats/images.py), and returns their fingerprint: sha256 over the class names and each source's fingerprint of its
+    indices. Under torchrun (processes: rank, size, gather) each checks its share; process 0 fingerprints and tells."""
+    processes, by_source = processes or {}, {}
+    for source, indices in used:  # train and val drawn from one source: one check (one read of its record) over both
+        by_source[source] = by_source.get(source, []) + list(indices)
+    for source, indices in by_source.items():
         source.size = img_size  # image files: a large JPEG is decoded no larger than the run needs
         source.check(indices, **processes)
     if processes.get('rank', 0) != 0:

@@ -72,6 +72,15 @@ def test_a_later_start_decodes_nothing_and_a_new_or_changed_image_is_decoded_aga
     assert not [f for _, _, fs in os.walk(root) for f in fs if not f.endswith('.jpg')]  # nothing of ours in it
 
 
+def test_train_and_val_drawn_from_one_source_are_checked_at_once(tmp_path, decoded, monkeypatch):
+    monkeypatch.setenv('VP_CHECKED_DIR', str(tmp_path / 'record'))
+    root, reads, read = photos(tmp_path / 'data'), [], images.Checked.read
+    monkeypatch.setattr(images.Checked, 'read', lambda self: reads.append(self.path) or read(self))
+    s = data.load('folder', data_dir=root, img_size=32, seed=0, val_split=0.5)
+    assert len(s.train) == len(s.val) == 6 and len(decoded) == 24
+    assert len(reads) == len(set(reads)) == 2  # train/'s record read once for train and val, test/'s once
+
+
 def test_a_record_that_cannot_be_written_is_said_once_and_the_run_goes_on(tmp_path, decoded, monkeypatch, capsys):
     (tmp_path / 'afile').write_text('')
     monkeypatch.setenv('VP_CHECKED_DIR', str(tmp_path / 'afile' / 'record'))  # under a file: not even root can
