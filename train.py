@@ -234,11 +234,13 @@ def setup(a, argv, processes):
     """Resolved arguments, the run directory (claimed), the model, the data and the checkpoint to resume from (None:
     from the start; model None: the run has finished); or a UsageError-like exception. The data comes first: a run's
     identity holds its fingerprint (flags.default_out), so runs on other data never share a folder or a result."""
+    first = None  # the data, where --resume without --out read it to find its folder
     if a.resume:  # the saved flags; without --out, those of the folder the same command on the same data made
         given = resolve(parse(argv)) if a.out is None else None
-        a = resumed_args(a, argv, RunDir(a.out or default_out(given, read_data(given, processes).fingerprint)))
-    a = resolve(a)
-    splits = read_data(a, processes)
+        first = read_data(given, processes) if given else None
+        a = resumed_args(a, argv, RunDir(a.out or default_out(given, first.fingerprint)))
+    a = resolve(a)  # a folder found by its identity holds these settings: its data is that read, unless saved elsewhere
+    splits = first if first and given.data_dir == a.data_dir else read_data(a, processes)
     a.out = a.out or default_out(a, splits.fingerprint)
     run, ckpt = RunDir(a.out), None
     config = run.read_json('config.json') if run.exists('config.json') else None

@@ -93,8 +93,11 @@ def test_the_advice_for_an_unfinished_run_works_as_printed(tmp_path, monkeypatch
             train.main(argv)
     err = fails(capsys, argv, 'continue it with --resume')
     assert 'Traceback' not in err
+    loads, load = [], data.load
+    monkeypatch.setattr(data, 'load', lambda *args, **kw: loads.append(kw['data_dir']) or load(*args, **kw))
     summary = train.main([*argv, '--resume'])
     assert summary['epochs'] == 2 and len(os.listdir(tmp_path / 'runs')) == 1
+    assert len(loads) == 1  # the data read to find the folder is the run's: read once
 
 
 # ---- the same run on any CPU ----

@@ -61,6 +61,25 @@ def test_runs_on_other_data_never_share_a_folder_or_a_result(tmp_path, monkeypat
     assert snapshot(out) == before  # nothing touched
 
 
+def test_a_resume_without_out_reads_its_data_once_or_where_the_run_was_made(tmp_path, monkeypatch):
+    """--resume without --out finds the folder by the data at the --data-dir given (here the default, data/) and goes
+    on with that data, read once; where the run was made on another --data-dir, on that one, as its saved flags say."""
+    monkeypatch.chdir(tmp_path)
+    made = folder(tmp_path / 'A', 0)
+    with monkeypatch.context() as m:
+        m.setattr(train, 'finish', lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+        for data_dir in (made, 'data'):
+            with pytest.raises(KeyboardInterrupt):
+                train.main([*RUN, '--data-dir', data_dir, '--seed', str(len(data_dir))])
+            if data_dir == made:
+                shutil.copytree(made, tmp_path / 'data')  # the same images, in the default --data-dir
+    loads, load = [], data.load
+    monkeypatch.setattr(data, 'load', lambda *args, **kw: loads.append(kw['data_dir']) or load(*args, **kw))
+    for data_dir in (made, 'data'):
+        assert train.main([*RUN, '--seed', str(len(data_dir)), '--resume'])['epochs'] == 1
+    assert loads == [str(tmp_path / 'data'), made, str(tmp_path / 'data')]
+
+
 def test_a_changed_image_under_the_same_name_is_other_data(tmp_path):
     root = folder(tmp_path / 'A', 0)
     kw = dict(data_dir=root, img_size=32, seed=0)
