@@ -273,10 +273,18 @@ class TrainRun:
         print(f'{"resuming" if "--resume" in cmd else "running"} {" ".join(cmd[1:])}', flush=True)
         self.t0, self.ended = time.time(), False
         requeue = signal.getsignal(signal.SIGUSR2)  # submitit's: checkpoint(), then the job requeued
-        signal.signal(signal.SIGUSR2, lambda *args: (signal.signal(signal.SIGUSR2, signal.SIG_IGN), requeue(*args)))
-        # once: a second warning (train.py passes Slurm's on) is ignored, even while the process exits
         bypass = signal.getsignal(signal.SIGTERM)  # submitit's: logged, ignored (Slurm requeues or cancels the job)
-        signal.signal(signal.SIGTERM, lambda *args: (setattr(self, 'ended', True), callable(bypass) and bypass(*args)))
+
+        def warned(*args):  # once: a second warning (train.py passes Slurm's on) is ignored, even while it exits
+            signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+            requeue(*args)
+
+        def ended(*args):
+            self.ended = True
+            if callable(bypass):
+                bypass(*args)
+        signal.signal(signal.SIGUSR2, warned)
+        signal.signal(signal.SIGTERM, ended)
         with open(self.out + '.log', 'a') as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=job_child,
                                          env={**os.environ, 'OMP_NUM_THREADS': str(self.threads),
