@@ -120,10 +120,11 @@ def parser() -> argparse.ArgumentParser:
                    'folder) from its last saved epoch')
     g = p.add_argument_group('prompt shapes (LoTeP, grouped VP, LoR-VP, LoRSP)')
     g.add_argument('--rank', type=POS_INT, help='r0 of LoTeP (default 6); r of LoR-VP, grouped VP, LoRSP (default 4)')
-    g.add_argument('--rho', type=number(float, 0, 1, lo_open=True), help='deep prompts: d = floor(L rho) (default: '
-                                                                         'per backbone family, methods.DEEP_RHO)')
-    g.add_argument('--schedule', default='cosine', choices=lotep.SCHEDULES, help='LoTeP rank schedule (Eq. 8 as '
-                   'printed; cosine_den_d fits Table 4\'s counts)')
+    g.add_argument('--rho', type=number(float, 0, 1, lo_open=True), help='deep prompts: d = floor(L rho) (default by '
+                   'backbone family, methods.DEEP_RHO: 0.5 ResNet and EfficientNet, 0.25 Swin, 1/3 the others)')
+    g.add_argument('--schedule', default='cosine', choices=lotep.SCHEDULES, help='LoTeP\'s rank schedule over the '
+                   'prompted blocks (not the lr: --schedule-lr): LoTeP Eq. (8) as printed; cosine_den_d fits its '
+                   'Table 4\'s counts')
     g.add_argument('--vit-layout', default='patches', choices=lotep.VIT_LAYOUTS, help='ViT deep prompts: on the '
                    'patch grid or the token sequence (docs/lotep.md)')
     g.add_argument('--init-std', type=POS, help='std of the prompt\'s random factor: LoTeP\'s spatial factors, '
@@ -135,12 +136,14 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument('--groups', type=POS_INT, help='grouped_lorvp: channel groups g (default 8)')
     g = p.add_argument_group('LoRSP')
     g.add_argument('--factors', type=POS_INT, default=4, help='n prompt factors = LIF time steps')
-    g.add_argument('--tau', type=number(float, 1, lo_open=True), default=4.0, help='LIF time constant tau > 1 (Eq. 6)')
-    g.add_argument('--v-th', type=number(float), default=0.0, help='LIF threshold V_th (Eq. 7)')
-    g.add_argument('--v-reset', type=number(float), default=0.0, help='LIF reset V_reset (Eq. 8)')
+    g.add_argument('--tau', type=number(float, 1, lo_open=True), default=4.0, help='LIF time constant tau > 1 (LoRSP Eq. 6)')
+    g.add_argument('--v-th', type=number(float), default=0.0, help='LIF threshold V_th (LoRSP Eq. 7)')
+    g.add_argument('--v-reset', type=number(float), default=0.0, help='LIF reset V_reset (LoRSP Eq. 8)')
     g.add_argument('--sparsity', type=FRACTION, default=0.5, help='lorsp_topk / lorsp_dropout: fraction zeroed')
-    g.add_argument('--eq9', default='mean', choices=['mean', *lorsp.EQ9], help='how spikes gate the factors')
-    g.add_argument('--orientation', default='cols', choices=lorsp.ORIENTATIONS, help='Eq. (5): P = B A^T (cols) or '
+    g.add_argument('--eq9', default='mean', choices=['mean', *lorsp.EQ9], help='LoRSP Eq. (9), how the spikes gate the '
+                   'factors: mean (the method: (1/n) sum_t S_t P_t) or another reading of the equation: sum, last, '
+                   'rate, membrane (lorsp.EQ9, docs/lorsp.md)')
+    g.add_argument('--orientation', default='cols', choices=lorsp.ORIENTATIONS, help='LoRSP Eq. (5): P = B A^T (cols) or '
                    'its transpose')
     g.add_argument('--surrogate', default='sigmoid', choices=lorsp.SURROGATES, help='the spike\'s surrogate gradient')
     g.add_argument('--save-prompts', type=NONNEG_INT, default=0, help='K: PNGs of K test prompts, factor correlations')

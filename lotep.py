@@ -2,9 +2,9 @@
 
 Going Deep: Deep Visual Prompting with LoTeP (Zhao, Wang, Wu, Wang, Zhang, Chan, Li, 2026); no public code.
 Implements Eq. (1) (a prompt added to each block input; Eq. (2)'s head is the model's classifier: in train.py a fresh
-linear head, backbones.Adapted.forward), Eqs. (4)-(5) (Tucker
-prompt), (6)-(7) (CP prompt), d = floor(L rho) (prompting depth) and Eq. (8) (cosine rank decay), each above the
-line that computes it. Choices where the paper is silent: docs/lotep.md.
+linear head, backbones.Adapted.forward), Eqs. (4)-(5) (Tucker prompt), (6)-(7) (CP prompt), d = floor(L rho)
+(prompting depth) and Eq. (8) (cosine rank decay), each above the line that computes it. Choices where the paper is
+silent: docs/lotep.md.
 
     bb = timm.create_model('resnet18', pretrained=True, num_classes=10).eval().requires_grad_(False)
     prompts = lotep(backbone=bb, input_size=(3, 224, 224), kind='cp', r0=6, rho=0.5)  # hooks on blocks 0..d-1
@@ -77,8 +77,8 @@ def rank_schedule(r0: int, d: int, kind: str = 'cosine') -> list[int]:
 
 class CPPrompt(nn.Module):
     """LoTeP-CP, a CP-rank-R tensor. Channel factors start at zero and spatial factors random (N(0, init_std^2)),
-    so P = 0 at step 0 and the prompted model is exactly the frozen one; the first step moves a alone (b and c get
-    no gradient while a = 0), as LoR-VP's zero factor does."""
+    so P = 0 at step 0 and the prompted model is exactly the frozen one; the first step's gradient moves a alone (b
+    and c get none while a = 0, as with LoR-VP's zero factor; weight decay, where the optimizer has it, shrinks them)."""
 
     def __init__(self, *, shape: tuple[int, int, int], rank: int, init_std: float = INIT_STD):
         super().__init__()

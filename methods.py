@@ -2,7 +2,8 @@
 method asks of the training loop (train.py names no method).
 
     row = METHODS['lotep_cp']
-    row.recipe    # optimizer, lr, wd, epochs, batch size, lr schedule: the official code's (flags override)
+    row.recipe    # optimizer, lr, wd, epochs, batch size, lr schedule: the papers' (LoR-VP's where one gives none;
+                  # the comment beside each recipe says whose), flags override
     row.defaults  # this method's defaults of shared flags (rank, rho, init std, label map, image scale, ...)
     model = row.build(a, K)  # a: train.py's resolved arguments, K classes -> an Adapted model
     opt = optimizer(a, model)  # the recipe's optimizer over what trains
@@ -152,7 +153,8 @@ class Method:
     flags: tuple = ()  # the flags of OWN_FLAGS this method takes
 
 
-OWN_FLAGS = {'save_prompts': 'draws LoRSP prompts and factors', 'compile': 'compiles LoRSP prompts'}  # some methods'
+# flags that only some methods take (a row's flags), and what each does
+OWN_FLAGS = {'save_prompts': 'draws LoRSP prompts and factors', 'compile': 'compiles LoRSP prompts'}
 
 
 LORVP_RECIPE = dict(optimizer='sgd', lr=0.02, wd=1e-4, epochs=20, batch_size=256, schedule_lr='cosine')  # LoR-VP

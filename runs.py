@@ -193,7 +193,8 @@ def print_start(a, model, splits, trainable, size):
     """What the run trains, on what, where, in which precision, and its folder: before the first step."""
     for m in model.attached:
         print('\n'.join(m.describe()))
-    print(f'{a.method} on {a.model} ({model.weights_loaded}): trainable {trainable:,} || backbone '
+    head = sum(p.numel() for p in model.head.parameters() if p.requires_grad)  # the fresh linear head, if it trains
+    print(f'{a.method} on {a.model} ({model.weights_loaded}): trainable {trainable:,} (the head {head:,}) || backbone '
           f'{model.backbone_params:,} || {100 * trainable / model.backbone_params:.3f}%  ({len(splits.train)} '
           f'train, {len(splits.val) if splits.val else 0} val, {len(splits.test)} test images, {a.device}, '
           f'{a.precision}{f", {size} processes" if size > 1 else ""})\nrun folder: {a.out}')

@@ -197,9 +197,10 @@ def train(a, model, splits, run, ckpt=None):
             stats = loop.pop_stats()
             row.update(stats if name == 'test' else {})  # method diagnostics on the test set
         history.append(row)
-        if world()[0] == 0:
+        if world()[0] == 0:  # the row as metrics.jsonl keeps it, where epochs count from 0 and lr is the head's lr at
+            shown = {'last lr' if k == 'lr' else k: v for k, v in row.items() if k != 'epoch'}  # the epoch's last step
             print(f'epoch {epoch + 1}/{a.epochs}: ' + ' '.join(
-                f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}' for k, v in row.items() if k != 'epoch'))
+                f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}' for k, v in shown.items()))
             run.save_checkpoint(dict(model=trainable_state(model), optimizer=opt.state_dict(), history=history,
                                      train_time_s=train_time, images_seen=images_seen, first_loss=first_loss))
             run.write_metrics(history)

@@ -128,3 +128,36 @@ def test_help_shows_every_default():
         if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
             assert f'default: {action.default}' in text or 'default' in (action.help or ''), action.option_strings
     assert '--data_dir' not in text and '--data-dir' in text
+
+
+# ---- docs/new_method.md: adding a method, run as written ----
+
+def test_the_new_method_recipe_runs_as_written(tmp_path, monkeypatch):
+    """The page's two code blocks, as a reader would paste them: the prompt module, then the row in methods.py. The run
+    trains one value per channel of each prompted block (counted here from the ViT's own dimensions) and moves them."""
+    import importlib.util
+    import re
+    import sys
+    import methods
+    from safetensors.torch import load_file
+    page = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs', 'new_method.md')).read()
+    module_code, row_code = re.findall(r'```python\n(.*?)```', page, re.S)
+    (tmp_path / 'my_prompts.py').write_text(module_code)
+    spec = importlib.util.spec_from_file_location('my_prompts', tmp_path / 'my_prompts.py')
+    my_prompts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(my_prompts)
+    monkeypatch.setitem(sys.modules, 'my_prompts', my_prompts)
+    exec(row_code, dict(vars(methods)))  # as if written in methods.py: its names, its METHODS
+    monkeypatch.setitem(methods.METHODS, 'channel_bias', methods.METHODS.pop('channel_bias'))  # removed afterwards
+    for model in ('test_vit', 'test_resnet'):  # tokens and NCHW block inputs
+        s = train.main(['--method', 'channel_bias', *SYNTH[2:], '--model', model, '--epochs', '1',
+                        '--train-per-class', '8', '--out', str(tmp_path / model)])
+        prompt = load_file(s['prompt_file'])
+        biases = {k: v for k, v in prompt.items() if k.endswith('.b')}
+        assert biases and all(v.abs().sum() > 0 for v in biases.values()), model  # zero at start, moved by training
+        if model == 'test_vit':
+            net = methods.build(train.resolve(flags.parse(['--method', 'lp', *SYNTH])))
+            D, L = net.backbone.embed_dim, len(net.backbone.blocks)
+            d = L // 3  # rho = 1/3 on a ViT (methods.DEEP_RHO)
+            assert s['trainable_params'] == (D + 1) * 10 + d * D
+            assert sorted(v.shape for v in biases.values()) == [(D, 1, 1)] * d
