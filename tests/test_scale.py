@@ -32,7 +32,7 @@ def photos(root, per_class=4, classes=('a', 'b', 'c')):
         for i, c in enumerate(classes):
             os.makedirs(os.path.join(root, split, c), exist_ok=True)
             for k in range(per_class):
-                photo(hash((split, i, k)) % 2 ** 32).save(os.path.join(root, split, c, f'{k}.jpg'), quality=90)
+                photo(1000 * (split == 'test') + 100 * i + k).save(os.path.join(root, split, c, f'{k}.jpg'), quality=90)
     return str(root)
 
 
@@ -65,7 +65,8 @@ def test_a_later_start_decodes_nothing_and_a_new_or_changed_image_is_decoded_aga
     decoded.clear()
     same_size = os.path.join(root, 'test', 'a', '0.jpg')
     raw = bytearray(open(same_size, 'rb').read())
-    raw[len(raw) // 2] ^= 0xFF  # a byte of its picture changed: as large as it was, written later
+    dqt = raw.index(b'\xff\xdb') + 5  # the first quantization table's entries
+    raw[dqt + 1] += 1 if raw[dqt + 1] < 255 else -1  # the picture changed, still a whole JPEG, as large as it was
     open(same_size, 'wb').write(raw)
     assert data.load('folder', data_dir=root, img_size=32, seed=0).fingerprint != third.fingerprint
     assert decoded == [same_size]
