@@ -144,7 +144,9 @@ def test_torchrun_sets_up_its_group_and_trains_through_it(tmp_path):
 def test_the_loader_keeps_pace_with_the_model_at_224_px(tmp_path):
     """One loader worker's images/s at 224 px from photo-sized JPEGs (tools/bench_loader.py, this codebase's path
     against the plain PIL one) beside a training step of ViT-B/32 (lorsp) and ConvNeXt-B (lotep_cp) on the device: the
-    workers a run needs to keep each fed, printed and, with VP_CUDA_REPORT, recorded. A dry run: 64 px, small models."""
+    workers a run needs to keep each fed, printed and, with VP_CUDA_REPORT, recorded; and JPEGs decoded on the GPU
+    (nvjpeg) with the host CPU it takes, which says whether decoding there is worth building. A dry run: 64 px, small
+    models, the CPU's decoder."""
     from tools import bench_loader, make_imagenet
     layout = tmp_path / 'in1k'
     make_imagenet.main([str(layout), '--images', '200', '--val', '0.05', '--workers', '2'])
@@ -157,6 +159,9 @@ def test_the_loader_keeps_pace_with_the_model_at_224_px(tmp_path):
         steps[f'{method} on {b.model}'] = bench_loader.model_rate(b, method, size)
     report = {name: dict(images_per_s=rate, workers_needed=rate / rates['loader']) for name, rate in steps.items()}
     report['loader'] = dict(images_per_s_per_worker=rates['loader'], over_the_plain_path=ratio)
+    decoded, cpu = bench_loader.device_decode_rates(bench_loader.files_of(parse_loader(layout), 200), size, DEVICE)
+    assert decoded > 0 and cpu >= 0
+    report['decoded_on_the_device'] = dict(images_per_s=decoded, host_cpu_ms_per_image=1e3 * cpu)  # nvjpeg, if CUDA
     print(json.dumps(report, indent=1))
     if os.environ.get('VP_CUDA_REPORT'):
         with open(os.environ['VP_CUDA_REPORT'] + '.loader.json', 'w') as f:

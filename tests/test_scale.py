@@ -215,3 +215,17 @@ def test_a_cut_test_set_spans_its_classes_the_same_for_every_run():
     balanced = np.repeat(np.arange(200), 50)  # ImageNet-R's 200 classes, say, in class order
     assert len(set(balanced[data.spread(balanced, 150)])) == 150  # fewer images than classes: each from another one
     assert data.spread(labels, None) == data.spread(labels, 10_000) == list(range(500))
+
+
+def test_bench_loader_reports_a_worker_the_device_decoder_and_a_step(tmp_path, capsys):
+    """tools/bench_loader.py on a small layout: one worker's rate against the plain path, JPEGs decoded on --device
+    (here the CPU's decoder, the same code that times nvjpeg on a GPU) and a method's step beside them."""
+    from tools import bench_loader, make_imagenet
+    layout = str(tmp_path / 'in1k')
+    make_imagenet.main([layout, '--images', '30', '--val', '0.1', '--classes', '3', '--size', '160x120', '--workers', '1'])
+    rates, ratio, steps = bench_loader.main(['--data-dir', layout, '--img-size', '32', '--images', '12', '--rounds', '1',
+                                             '--device-decode', '--batch-size', '4', '--methods', 'lp',
+                                             '--model', 'test_vit'])
+    out = capsys.readouterr().out
+    assert rates['plain'] > 0 and rates['loader'] > 0 and ratio > 0 and steps['lp'] > 0
+    assert 'one worker at 32 px, 12 files' in out and 'decoded on cpu' in out and 'lp on test_vit' in out

@@ -5,6 +5,7 @@ step at the same size, so that a run's bound is seen; and what a run's start-up 
     python tools/bench_loader.py --data-dir DIR --img-size 224                      # images/s per worker, both paths
     python tools/bench_loader.py --data-dir DIR --img-size 224 --model vit_base_patch32_224 --methods lorsp,lp
     python tools/bench_loader.py --data-dir DIR --startup                 # the first start, a later one, a plain pass
+    python tools/bench_loader.py --data-dir DIR --device cuda --device-decode       # JPEGs decoded on the GPU (nvjpeg)
 
 DIR: an ImageNet-1K layout (train/<wnid>/, val/<wnid>/: tools/make_imagenet.py writes one) or your own folder
 (--dataset folder). A worker is one process on one thread, as a DataLoader worker; the rates are over the same image
@@ -77,6 +78,30 @@ def worker_rates(files, size, rounds):
     return {k: len(files) / best[k] for k in ways}, statistics.median(ratios)
 
 
+def device_decode_rates(files, size, device, batch=128, rounds=3):
+    """Decoding on the run's device, measured before it is built (docs/speed.md): images/s of torchvision's decode_jpeg
+    there (nvjpeg on CUDA) over batches of the files' bytes, each image resized there as data.resize does, and the
+    CPU seconds an image it costs this process (nvjpeg may decode the entropy coding on the host): whether a GPU
+    decoder would free the workers or only move their work into the training process."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    raws = []
+    for p in files:
+        with open(p, 'rb') as f:
+            raws.append(torch.frombuffer(bytearray(f.read()), dtype=torch.uint8))
+    wall, cpu = float('inf'), float('inf')
+    for r in range(rounds + 1):  # round 0 warms the decoder (nvjpeg's handles and buffers)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for start in range(0, len(raws), batch):
+            pictures = decode_jpeg(raws[start:start + batch], mode=ImageReadMode.RGB, device=device)
+            x = torch.stack([data.resize(picture, size) for picture in pictures])  # (B, 3, S, S) on the device
+        if device.startswith('cuda'):
+            torch.cuda.synchronize()
+        if r:
+            wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
+    assert x.device.type == torch.device(device).type
+    return len(raws) / wall, cpu / len(raws)
+
+
 def model_rate(b, method, size):
     """Images/s of a method's training step (tools/bench.py's) at this size, batch and device."""
     a = train.resolve(parse(['--method', method, '--model', b.model, '--img-size', str(size), '--batch-size',
@@ -128,6 +153,8 @@ def main(argv=None):
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--device', default='cpu')
     p.add_argument('--startup', action='store_true', help='time the start-up instead')
+    p.add_argument('--device-decode', action='store_true', help='also: JPEGs decoded on --device in batches of '
+                   '--batch-size (nvjpeg on CUDA), and the CPU time it costs the process that asks')
     b = p.parse_args(argv)
     try:
         if b.startup:
@@ -139,6 +166,10 @@ def main(argv=None):
         print(f'one worker at {b.img_size} px, {b.images} files of {b.data_dir}: the plain path '
               f'{rates["plain"]:.0f} images/s, this loader {rates["loader"]:.0f} images/s ({ratio:.2f}x, median of '
               f'{b.rounds} interleaved rounds)')
+        if b.device_decode:
+            rate, cpu = device_decode_rates(files_of(b, b.images), b.img_size, b.device, b.batch_size, b.rounds)
+            print(f'decoded on {b.device} (torchvision\'s decode_jpeg, batches of {b.batch_size}) and resized there: '
+                  f'{rate:.0f} images/s, {1e3 * cpu:.2f} ms of this process\'s CPU an image')
         steps = {m: model_rate(b, m, b.img_size) for m in b.methods.split(',') if m}
         for m, rate in steps.items():
             print(f'{m} on {b.model}, {b.device}, batch {b.batch_size}: {rate:.0f} images/s a training step; '
