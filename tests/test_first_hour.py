@@ -132,9 +132,10 @@ def test_help_shows_every_default():
 
 # ---- docs/new_method.md: adding a method, run as written ----
 
-def test_the_new_method_recipe_runs_as_written(tmp_path, monkeypatch):
+def test_the_new_method_recipe_runs_as_written(tmp_path, monkeypatch, capsys):
     """The page's two code blocks, as a reader would paste them: the prompt module, then the row in methods.py. The run
-    trains one value per channel of each prompted block (counted here from the ViT's own dimensions) and moves them."""
+    trains one value per channel of each prompted block (counted here from the ViT's own dimensions) and moves them;
+    its start line says how much of what trains is the head, its epoch line which lr it shows."""
     import importlib.util
     import re
     import sys
@@ -160,4 +161,6 @@ def test_the_new_method_recipe_runs_as_written(tmp_path, monkeypatch):
             D, L = net.backbone.embed_dim, len(net.backbone.blocks)
             d = L // 3  # rho = 1/3 on a ViT (methods.DEEP_RHO)
             assert s['trainable_params'] == (D + 1) * 10 + d * D
+            out = capsys.readouterr().out
+            assert f'trainable {(D + 1) * 10 + d * D:,} (the head {(D + 1) * 10:,})' in out and ' last lr ' in out
             assert sorted(v.shape for v in biases.values()) == [(D, 1, 1)] * d
