@@ -272,6 +272,12 @@ BUGS = {
                                                           'tests/test_first_hour.py -k recipe'),
     'the device decoder not reported': ('tools/bench_loader.py', '        if b.device_decode:', '        if False:',
                                         'tests/test_scale.py -k bench_loader'),
+    'a train.py ended alone taken for the job\'s end': ('tools/cluster.py',
+                                                       '        if self.ended and returncode == -signal.SIGTERM:',
+                                                       '        if returncode == -signal.SIGTERM:',
+                                                       'tests/test_cluster.py -k slurm_ends'),
+    'the job\'s SIGTERM not remembered': ('tools/cluster.py', '            self.ended = True\n', '            pass\n',
+                                          'tests/test_cluster.py -k slurm_ends'),
 }
 
 

@@ -295,3 +295,32 @@ def test_sbatch_values_may_hold_commas(tmp_path, monkeypatch, fake_slurm):
     lines = script.read_text().splitlines()
     for asked in ('--exclude=node1,node2', '--mail-type=FAIL', '--comment=a,b'):
         assert f'#SBATCH {asked}' in lines, (asked, lines)
+
+
+@pytest.mark.parametrize('signalled', ['the job and train.py', 'train.py alone'])
+def test_a_job_slurm_ends_waits_for_slurm_and_a_train_py_ended_alone_returns(tmp_path, monkeypatch, capsys, signalled):
+    """Slurm ends a job (cancelled, or its time up) with SIGTERM to every process of it: train.py dies of it, and the
+    job waits for Slurm's SIGKILL (which requeues or cancels it) instead of reporting an outcome of its own. A train.py
+    ended by a SIGTERM the job did not get is an outcome: the job returns it at once."""
+    import threading
+    slept = []
+    monkeypatch.setattr(cluster.time, 'sleep', slept.append)  # Slurm's SIGKILL would end the wait
+    monkeypatch.setattr(cluster.TrainRun, 'command', lambda self: [sys.executable, '-c', 'import time; time.sleep(60)'])
+    job = cluster.TrainRun(argv=[], out=str(tmp_path / 'run'), threads=1)
+
+    def slurm():
+        if signalled == 'the job and train.py':
+            os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(job.proc.pid, signal.SIGTERM)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR2)}
+    try:
+        threading.Timer(1.0, slurm).start()
+        assert job() == -signal.SIGTERM
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    assert (tmp_path / 'run.wall.json').exists()  # the session recorded either way
+    if signalled == 'the job and train.py':
+        assert slept == [600] and 'waiting for it to requeue or cancel the job' in capsys.readouterr().err
+    else:
+        assert slept == [] and 'waiting' not in capsys.readouterr().err

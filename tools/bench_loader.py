@@ -48,10 +48,14 @@ def plain(raw, size):
     return TF.resize(x, [size, size], antialias=True).float().div_(255)
 
 
+def read(path):
+    with open(path, 'rb') as f:
+        return f.read()
+
+
 def loader(path, size):
     """This codebase's data path for one file: formats.images.decode, then data.resize."""
-    with open(path, 'rb') as f:
-        return data.resize(images.decode(f.read(), path), size)
+    return data.resize(images.decode(read(path), path), size)
 
 
 def files_of(a, n):
@@ -63,7 +67,7 @@ def files_of(a, n):
 def worker_rates(files, size, rounds):
     """{path: images/s of one worker} and the median ratio, loader over plain, over rounds that alternate them."""
     torch.set_num_threads(1)  # a DataLoader worker's
-    ways = {'plain': lambda p: plain(open(p, 'rb').read(), size), 'loader': lambda p: loader(p, size)}
+    ways = {'plain': lambda p: plain(read(p), size), 'loader': lambda p: loader(p, size)}
     best, ratios = {k: float('inf') for k in ways}, []
     for r in range(rounds + 1):  # round 0 warms the page cache and the decoders
         took = {}
@@ -84,10 +88,7 @@ def device_decode_rates(files, size, device, batch=128, rounds=3):
     CPU seconds an image it costs this process (nvjpeg may decode the entropy coding on the host): whether a GPU
     decoder would free the workers or only move their work into the training process."""
     from torchvision.io import ImageReadMode, decode_jpeg
-    raws = []
-    for p in files:
-        with open(p, 'rb') as f:
-            raws.append(torch.frombuffer(bytearray(f.read()), dtype=torch.uint8))
+    raws = [torch.frombuffer(bytearray(read(p)), dtype=torch.uint8) for p in files]
     wall, cpu = float('inf'), float('inf')
     for r in range(rounds + 1):  # round 0 warms the decoder (nvjpeg's handles and buffers)
         t0, c0 = time.perf_counter(), time.process_time()
