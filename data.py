@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms.v2 import functional as TF
 
-from formats import DataError, first_line
+from formats import DataError, NeedsNetwork, first_line
 
 SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'sample', 'cifar10-sample.npz')  # in the repository
 NPZ_FORMAT = ('x_train (N, H, W, 3) uint8, y_train (N,) labels 0..9, x_test, y_test, as numpy.savez writes them; '

@@ -221,8 +221,8 @@ def read_data(a, processes=None):
                              train_per_class=a.train_per_class, test_limit=a.test_limit, val_split=a.val_split,
                              processes=processes)
     except data.DataError as e:
-        if not missing[0] and backbones.online():
-            raise
+        if not missing[0] and (backbones.online() or not isinstance(e, data.NeedsNetwork)):
+            raise  # its own message: a damaged image, a wrong folder, a bad option
         missing.append(str(e).rstrip('.'))
     raise UsageError(f'this run needs what this machine cannot get: {"; and ".join(m for m in missing if m)}. '
                      f'Without network, train on the sample with Lite0\'s ImageNet weights (both come with the '

@@ -14,6 +14,10 @@ class DataError(Exception):
     """A data set that is not there and cannot be fetched, or a bad data option; the message says how to fix it."""
 
 
+class NeedsNetwork(DataError):
+    """A data set that is not on this machine and that only a download would bring."""
+
+
 def first_line(e):
     """An exception's first line, for a message of one line."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]

@@ -9,7 +9,8 @@ Decoding: a JPEG by torchvision's decoder (libjpeg-turbo; the same pixels as PIL
 PIL's copies), one at least 4 times the run's size on both sides at a reduced scale (decode), any other file by PIL
 through pixels(). The image comes out in channels-last memory order, which the resize reads fastest (docs/speed.md).
 
-Checking: a truncated or unreadable image is named when the data is loaded, not in epoch 2. Decoding every image at
+Checking: a truncated or unreadable image is named when the data is loaded, not in epoch 2 (every one of them after one
+pass, the others remembered). Decoding every image at
 every start would cost ImageNet-1K an hour of CPU time per run, per resume and per process, so what was checked is
 remembered: one file per folder of images in $XDG_CACHE_HOME/visual-prompting/checked (~/.cache/...; VP_CHECKED_DIR
 elsewhere), a line per image of its path, size, modification time (a zip member: its CRC) and sha256. A later start
@@ -180,8 +181,8 @@ class FileImages(Dataset):
         return out
 
     def check(self, indices, *, rank=0, size=1, gather=lambda obj: [obj]):
-        """Every image of indices decodes in full (its mode read by pixels()), or the first that does not is named;
-        decoded here where the record of earlier checks does not know it as it is now (the module's docstring).
+        """Every image of indices decodes in full (its mode read by pixels()), or those that do not are named after one
+        pass, the others remembered; decoded here where the record of earlier checks does not know it as it is now.
         Under torchrun (rank, size, gather: distributed.gather_objects) process 0 reads the record, each process
         decodes its share of what is left, and process 0 keeps the images' sha256 and writes the record."""
         indices, record = list(indices), Checked(self.root)
@@ -191,13 +192,16 @@ class FileImages(Dataset):
         todo = gather(todo if rank == 0 else None)[0]  # process 0's list: the processes split the same work
         parts = gather(self._decode_all(todo[rank::size]))
         failed = sorted(f for part in parts for f in part['failed'])
+        if rank == 0:  # what decoded is remembered, damaged images or not: a later start checks only what changed
+            new = {i: sha for part in parts for i, sha in part['sha256'].items() if sha}
+            if new:
+                record.write({**known, **{self.name(i): (*stamps[self.name(i)], new[i]) for i in new}})
         if failed:
-            raise DataError(failed[0][1])
+            more = f'; {len(failed) - 1} more cannot be read either: ' + ', '.join(
+                self._where(i) for i, _ in failed[1:6]) + (', ...' if len(failed) > 6 else '') if failed[1:] else ''
+            raise DataError(failed[0][1] + more)
         if rank == 0:
-            new = {i: sha for part in parts for i, sha in part['sha256'].items()}
             self.sha256.update({i: new[i] if i in new else known[self.name(i)][2] for i in indices})
-            if todo:
-                record.write({**known, **{self.name(i): (*stamps[self.name(i)], new[i]) for i in todo}})
 
     def _decode_all(self, indices, chunk=256):
         """{'sha256': {index: hex}, 'failed': [(index, message)]}: files read here, decoded by a pool of threads."""
@@ -214,12 +218,11 @@ class FileImages(Dataset):
                 part = indices[start:start + chunk]
                 for i, sha, error in pool.map(one, part, [self._read(i) for i in part]):
                     out['sha256'][i] = sha
-                    if error:
+                    if error:  # named at the end of the pass, the images that decode remembered
                         out['failed'].append((i, error))
-                if out['failed']:
-                    break
                 if time.time() - said > 10:  # a large set (ImageNet-1K) takes minutes the first time: say so
-                    print(f'checking the images: {start + len(part)}/{len(indices)} decoded', flush=True)
+                    bad = f', {len(out["failed"])} cannot be read' if out['failed'] else ''
+                    print(f'checking the images: {start + len(part)}/{len(indices)} decoded{bad}', flush=True)
                     said = time.time()
         return out
 

@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 
-from formats import DataError, first_line
+from formats import NeedsNetwork, first_line
 from formats.images import FileImages
 
 
@@ -51,9 +51,9 @@ def sources(name, data_dir, arrays, also_looked=()):
         if not existed and os.path.isdir(data_dir):  # a mistyped --data-dir is not left behind, nor a partial download
             shutil.rmtree(data_dir)
         looked = ', '.join([*also_looked, f"torchvision's {name} layout in {data_dir}"])
-        raise DataError(f"dataset {name!r} is not in {data_dir!r} (looked for {looked}) and could not be downloaded "
-                        f"({first_line(e)}). Run once with network to let torchvision download it into --data-dir, or "
-                        f"copy torchvision's layout there.") from None
+        raise NeedsNetwork(f"dataset {name!r} is not in {data_dir!r} (looked for {looked}) and could not be downloaded "
+                           f"({first_line(e)}). Run once with network to let torchvision download it into --data-dir, "
+                           f"or copy torchvision's layout there.") from None
     classes = getattr(train, 'classes', None)
     if name == 'eurosat':  # one folder of 27,000 images, no official split: a fixed 80/20 split (seed 0, every run)
         order = np.random.default_rng(0).permutation(len(train))

@@ -278,6 +278,10 @@ BUGS = {
                                                        'tests/test_cluster.py -k slurm_ends'),
     'the job\'s SIGTERM not remembered': ('tools/cluster.py', '            self.ended = True\n', '            pass\n',
                                           'tests/test_cluster.py -k slurm_ends'),
+    'damaged images: the others forgotten': ('formats/images.py', '            if new:\n', '            if new and not failed:\n',
+                                              'tests/test_scale.py -k damaged'),
+    'offline advice for a damaged file': ('train.py', '(backbones.online() or not isinstance(e, data.NeedsNetwork))',
+                                          'backbones.online()', 'tests/test_scale.py -k truncated'),
 }
 
 

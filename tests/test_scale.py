@@ -73,6 +73,23 @@ def test_a_later_start_decodes_nothing_and_a_new_or_changed_image_is_decoded_aga
     assert not [f for _, _, fs in os.walk(root) for f in fs if not f.endswith('.jpg')]  # nothing of ours in it
 
 
+def test_damaged_images_are_all_named_after_one_pass_and_the_others_are_remembered(tmp_path, decoded, monkeypatch):
+    """At ImageNet's size a pass is minutes: one names every damaged image, and what decoded is not checked again."""
+    monkeypatch.setenv('VP_CHECKED_DIR', str(tmp_path / 'record'))
+    root = photos(tmp_path / 'data')
+    bad = [os.path.join(root, 'train', 'a', '1.jpg'), os.path.join(root, 'train', 'c', '3.jpg')]
+    whole = {f: open(f, 'rb').read() for f in bad}
+    for f in bad:
+        open(f, 'wb').write(whole[f][:len(whole[f]) // 2])
+    with pytest.raises(data.DataError) as e:
+        data.load('folder', data_dir=root, img_size=32, seed=0)
+    assert bad[0] in str(e.value) and '1 more cannot be read either: ' + bad[1] in str(e.value)
+    for f in bad:
+        open(f, 'wb').write(whole[f])
+    decoded.clear()
+    data.load('folder', data_dir=root, img_size=32, seed=0)
+    assert sorted(f for f in decoded if os.sep + 'train' + os.sep in f) == bad  # the 10 others: from the record
+
 def test_train_and_val_drawn_from_one_source_are_checked_at_once(tmp_path, decoded, monkeypatch):
     monkeypatch.setenv('VP_CHECKED_DIR', str(tmp_path / 'record'))
     root, reads, read = photos(tmp_path / 'data'), [], images.Checked.read
@@ -95,7 +112,10 @@ def test_a_record_that_cannot_be_written_is_said_once_and_the_run_goes_on(tmp_pa
 
 
 def test_a_truncated_jpeg_in_train_is_named_before_any_epoch_and_nothing_is_lost(tmp_path, capsys, monkeypatch):
+    """Also on a machine without network (a cluster's compute node): the damaged file's own message, not the offline
+    advice, which is for what a download would bring."""
     monkeypatch.setenv('VP_CHECKED_DIR', str(tmp_path / 'record'))
+    monkeypatch.setattr(train.backbones, 'online', lambda: False)
     root = photos(tmp_path / 'data')
     out = str(tmp_path / 'r')
     s = train.main([*RUN, '--data-dir', root, '--out', out])
@@ -104,7 +124,7 @@ def test_a_truncated_jpeg_in_train_is_named_before_any_epoch_and_nothing_is_lost
     open(bad, 'wb').write(whole[:len(whole) // 2])  # after a run on it: a changed file, checked again
     before = {f: open(os.path.join(out, f), 'rb').read() for f in os.listdir(out)}
     for argv in ([*RUN, '--data-dir', root, '--out', str(tmp_path / 'r2')], [*RUN, '--data-dir', root, '--out', out]):
-        fails(capsys, argv, bad, 'truncated')  # named at set-up, before any epoch
+        assert 'without network' not in fails(capsys, argv, bad, 'truncated').lower()  # named at set-up, before any epoch
     assert not os.path.exists(tmp_path / 'r2')  # a failed set-up leaves nothing
     assert {f: open(os.path.join(out, f), 'rb').read() for f in os.listdir(out)} == before  # nothing lost
     open(bad, 'wb').write(whole)
@@ -229,3 +249,11 @@ def test_bench_loader_reports_a_worker_the_device_decoder_and_a_step(tmp_path, c
     out = capsys.readouterr().out
     assert rates['plain'] > 0 and rates['loader'] > 0 and ratio > 0 and steps['lp'] > 0
     assert 'one worker at 32 px, 12 files' in out and 'decoded on cpu' in out and 'lp on test_vit' in out
+
+
+def test_offline_a_data_set_only_a_download_would_bring_gets_the_offline_advice(tmp_path, capsys, no_network):
+    """The other side of the damaged file's message: CIFAR-100 not in --data-dir, no network to fetch it."""
+    err = fails(capsys, ['--method', 'lp', '--model', 'test_vit', '--no-pretrained', '--dataset', 'cifar100',
+                         '--data-dir', str(tmp_path / 'nothing'), '--img-size', '32', '--out', str(tmp_path / 'r')],
+                'could not be downloaded', 'Without network, train on the sample')
+    assert err.count('error:') == 1 and not (tmp_path / 'r').exists()
