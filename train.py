@@ -286,9 +286,9 @@ def report_finished(a, argv, run):
     run.release()
     config = run.read_json('config.json')
     print(f'{a.out} has already finished (the same settings on the same data); its summary:')
-    if not_used(a, argv, config):
-        print(f'note: {", ".join(not_used(a, argv, config))} change how a run runs, not what it computes: the finished '
-              f'run is reported as it was made, without them')
+    if not_used(a, argv, config):  # flags that change how a run runs, not what it computes
+        print(f'note: {", ".join(not_used(a, argv, config))}: how a run runs, not what it computes; the finished run '
+              f'is reported as it was made')
     if config.get('data') is None:
         print(f'note: {a.out} was made before runs recorded their data: which images it ran on cannot be checked')
     summary = run.read_json('summary.json')

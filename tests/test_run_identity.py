@@ -100,8 +100,8 @@ def test_flags_that_change_nothing_a_run_computes_are_named_with_a_finished_run(
     capsys.readouterr()
     again = train.main([*RUN, '--data-dir', root, '--out', out, '--grad-checkpointing', '--workers', '1'])
     said = capsys.readouterr().out
-    assert again == first and 'note: --grad-checkpointing, --workers 1 change how a run runs, not what it ' \
-                                'computes' in said and said.count('note:') == 1
+    assert again == first and 'note: --grad-checkpointing, --workers 1: how a run runs, not what it computes' in said \
+        and said.count('note:') == 1
     train.main([*RUN, '--data-dir', root, '--out', out])  # as it was made: no note
     assert 'note:' not in capsys.readouterr().out
 
