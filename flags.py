@@ -113,7 +113,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--grad-checkpointing', action='store_true', help='the frozen backbone\'s blocks recompute their '
                    'activations in backward: less memory, a slower step, the same gradients (docs/speed.md)')
     p.add_argument('--device', type=device_name, default='auto', help='auto (cuda if there is one), cpu, cuda:N')
-    p.add_argument('--workers', type=NONNEG_INT, help='DataLoader workers (default 0 on cpu, 8 on cuda)')
+    p.add_argument('--workers', type=NONNEG_INT, help='DataLoader workers (default 0 on cpu; on cuda 8, or '
+                   'one fewer than this process\'s share of the CPUs where that is less)')
     p.add_argument('--out', help='run directory (default: runs/<method>-<model>-<dataset>-s<seed>-<hash of the '
                                   'settings and the data>, printed when the run starts)')
     p.add_argument('--resume', action='store_true', help='continue the run in --out (or the same command\'s default '
@@ -241,6 +242,12 @@ class UsageError(Exception):
     pass
 
 
+def cpus_per_process():
+    """The CPUs this process may run on (a Slurm job's, taskset's), shared by the processes torchrun started here."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    return max(1, cpus // int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
+
+
 def resolve(a):
     """Fill the method's recipe and defaults, the weights' tag, device and precision. Nothing is built or written."""
     if a.method is None:
@@ -262,8 +269,8 @@ def resolve(a):
         raise UsageError(f'--device {a.device}: torch sees no CUDA device here; use --device cpu')
     if a.precision is None:  # the same command gives the same run on every CPU; bf16 on a CPU by asking for it
         a.precision = 'bf16' if a.device.startswith('cuda') else 'fp32'
-    if a.workers is None:
-        a.workers = 8 if a.device.startswith('cuda') else 0
+    if a.workers is None:  # on CUDA 8, fewer where this process's share of the CPUs (Slurm's, torchrun's) is smaller
+        a.workers = min(8, max(1, cpus_per_process() - 1)) if a.device.startswith('cuda') else 0
     if a.splits is None:  # FGVC as VPT runs it: train on train.json, choose the epoch on val.json, report test.json
         a.splits = 'tune' if a.dataset.startswith('fgvc:') else 'final'
     return a

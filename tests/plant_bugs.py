@@ -282,6 +282,8 @@ BUGS = {
                                               'tests/test_scale.py -k damaged'),
     'offline advice for a damaged file': ('train.py', '(backbones.online() or not isinstance(e, data.NeedsNetwork))',
                                           'backbones.online()', 'tests/test_scale.py -k truncated'),
+    'workers not shared by torchrun\'s processes': ('flags.py', "cpus // int(os.environ.get('LOCAL_WORLD_SIZE', '1'))",
+                                                    'cpus', 'tests/test_first_hour.py -k default_workers'),
 }
 
 

@@ -164,3 +164,14 @@ def test_the_new_method_recipe_runs_as_written(tmp_path, monkeypatch, capsys):
             out = capsys.readouterr().out
             assert f'trainable {(D + 1) * 10 + d * D:,} (the head {(D + 1) * 10:,})' in out and ' last lr ' in out
             assert sorted(v.shape for v in biases.values()) == [(D, 1, 1)] * d
+
+
+@pytest.mark.parametrize('cpus,processes,workers', [(16, 1, 8), (64, 4, 8), (8, 4, 1), (3, 1, 2), (8, 8, 1)])
+def test_the_default_workers_on_cuda_fit_this_processs_share_of_the_cpus(monkeypatch, cpus, processes, workers):
+    """A Slurm job of 8 CPUs and 4 GPUs under torchrun gets 1 loader worker a process, not 8 (32 on 8 CPUs)."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', str(processes))
+    assert train.resolve(flags.parse(['--method', 'lp', '--device', 'cuda'])).workers == workers
+    assert train.resolve(flags.parse(['--method', 'lp', '--device', 'cuda', '--workers', '5'])).workers == 5
+    assert train.resolve(flags.parse(['--method', 'lp', '--device', 'cpu'])).workers == 0
