@@ -222,3 +222,27 @@ def test_the_ood_protocol_tables_each_runs_test_sets_beside_the_papers_figures(s
     assert again.count('(the paper') == 4
     with pytest.raises(SystemExit):  # no test sets there: refused before any run
         compare.main([*argv[:-1], str(tmp_path / 'nowhere')])
+
+
+@needs_lite0
+@pytest.mark.e2e
+def test_with_a_cluster_launcher_each_run_scores_its_test_sets_in_its_own_job(sets, tmp_path, monkeypatch, capsys):
+    """On Slurm compare.py waits on a login node: the four test sets are scored in each run's job, on its GPU, not in
+    compare.py's process (submitit's local executor standing in); the table reads what the job measured."""
+    import glob
+    folders, _ = sets
+    monkeypatch.chdir(tmp_path)
+    argv = ['--protocol', 'ood-lorsp', '--tag', 'j', '--methods', 'lp', '--model', 'tf_efficientnet_lite0',
+            '--data-dir', folders['imagenet'], '--img-size', '64', '--epochs', '1', '--batch-size', '16', '--precision',
+            'fp32', '--bench-reps', '0', '--test-sets-dir', os.path.dirname(folders['imagenet']), '--launcher', 'local']
+    compare.main(argv)
+    assert 'testing its prompt file' not in capsys.readouterr().out
+    run = tmp_path / 'runs' / 'ood-lorsp-j' / 'lp-s0'
+    job_out = ''.join(open(f).read() for f in glob.glob(str(run.parent / 'lp-s0.jobs' / '*_0_log.*')))
+    assert all(f'testing its prompt file on {t}' in job_out for t in ('imagenet-r', 'imagenet-sketch', 'imagenet-a',
+                                                                     'imagenet-v2')), job_out
+    kept = json.loads((run.parent / 'lp-s0.test-sets.json').read_text())
+    assert kept['imagenet-v2'] == predict.main(['--prompt', str(run / 'prompt.safetensors'), '--dataset',
+                                                'imagenet-v2', '--data-dir', folders['imagenet-v2']])
+    md = (tmp_path / 'results' / 'ood-lorsp-j.md').read_text()
+    assert f'{kept["imagenet-r"]:.2f} (1)' in md

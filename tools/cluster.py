@@ -190,7 +190,7 @@ class Launcher:
             return refused(job, guard, f'{folder}: a file where the run\'s job folder goes; move it away')
         try:
             submitted = self.executor(folder, gpu).submit(TrainRun(argv=job.argv, out=job.out, threads=threads,
-                                                                   gpus=gpus))
+                                                                   gpus=gpus, test_sets=job.test_sets))
         except Exception as e:  # sbatch refused it: an unknown partition, account or qos, a limit
             return refused(job, guard, f'{"sbatch" if self.kind == "slurm" else "submitit"} refused the job '
                                        f'({" ".join(str(e).split())[-300:]})')
@@ -258,6 +258,7 @@ class TrainRun:
     out: str
     threads: int  # each train.py process's CPU threads
     gpus: int = 1
+    test_sets: dict = None  # {name: folder}: scored with the run's prompt file in the job, on its GPU
 
     def command(self):
         """train.py's command (train_command) as a job runs it (tools/job.py); on a job with several GPUs, under
@@ -292,9 +293,13 @@ class TrainRun:
             returncode = self.proc.wait()
         if self.proc is not None:  # not stopped by checkpoint(), which recorded the session
             record(self.out, returncode, time.time() - self.t0)
+            self.proc = None  # a warning while the test sets are scored records no second session
         if self.ended and returncode == -signal.SIGTERM:  # Slurm ends the job: it requeues it, or cancels it
             print('ended by Slurm (SIGTERM): waiting for it to requeue or cancel the job', file=sys.stderr, flush=True)
             time.sleep(600)  # its SIGKILL comes first (KillWait); the job reports no outcome of its own
+        if returncode == 0 and self.test_sets:  # here, not on the login node where compare.py waits (requeued, the
+            from tools import predict  # sets not scored yet)
+            predict.score_test_sets(self.out, self.test_sets)
         return returncode
 
     def checkpoint(self, *args, **kwargs):
@@ -311,4 +316,5 @@ class TrainRun:
             record(self.out, None, time.time() - self.t0)
         print('preempted or near the time limit: train.py stopped, the job requeued to resume from its last epoch',
               file=sys.stderr, flush=True)
-        return DelayedSubmission(TrainRun(argv=self.argv, out=self.out, threads=self.threads, gpus=self.gpus))
+        return DelayedSubmission(TrainRun(argv=self.argv, out=self.out, threads=self.threads, gpus=self.gpus,
+                                          test_sets=self.test_sets))

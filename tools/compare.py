@@ -106,6 +106,7 @@ class Job:
     seed: int = 0
     result: dict = None  # the summary (+ wall_s), {'diverged': True, ...}, {'failed': why, 'log': path} or pending
     recorded: dict = None  # what the table on disk recorded of this very command, if its run folder is gone
+    test_sets: dict = None  # a final run's: the protocol's test sets its prompt file is scored on, {name: folder}
 
     @property
     def command(self):
@@ -211,23 +212,12 @@ def launch(job, guard, threads, gpu, launcher=None):
 
 def test_set_accs(job, plan):
     """{test set: accuracy} of a finished run's prompt file, unchanged, on each of the protocol's test sets
-    (predict.py; R and A over their 200 classes), kept in <run>.test-sets.json beside its folder: measured once. With
-    --report, or where the prompt file is gone, a set not measured yet is 'pending'; one predict.py refuses, 'failed'."""
-    path, prompt = job.out + '.test-sets.json', os.path.join(job.out, 'prompt.safetensors')
-    kept = {**(job.result.get('test_sets') or {}), **read_json(path, {})}  # the table's record, then the folder's
-    device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    for name in plan.protocol.test_sets:
-        if isinstance(kept.get(name), float) or plan.report or not os.path.exists(prompt):
-            continue
-        print(f'{job.label}: testing its prompt file on {name}', flush=True)
-        try:
-            kept[name] = predict.main(['--prompt', prompt, '--dataset', name, '--data-dir',
-                                       os.path.join(plan.test_sets_dir, name), '--device', device])
-        except SystemExit:  # predict.py said why on stderr
-            kept[name] = 'failed'
-        with open(path + '.tmp', 'w') as f:
-            json.dump(kept, f)
-        os.replace(path + '.tmp', path)
+    (predict.score_test_sets), kept in <run>.test-sets.json beside its folder: measured once, in the run's cluster job
+    where it has one, else here. With --report, or where the prompt file is gone, a set not measured yet is
+    'pending'; one predict.py refuses, 'failed'."""
+    kept = {**(job.result.get('test_sets') or {}), **read_json(job.out + '.test-sets.json', {})}  # the table's, the
+    if not plan.report and os.path.exists(os.path.join(job.out, 'prompt.safetensors')):  # folder's record
+        kept = predict.score_test_sets(job.out, job.test_sets, kept, job.label)
     return {name: kept.get(name, 'pending') for name in plan.protocol.test_sets}
 
 
@@ -359,7 +349,8 @@ def final_jobs(plan, name, settings, runs_dir, final_argv, recorded_runs):
         for arm in [arm for arm in plan.arms if seed in plan.arm_seeds[arm]]:
             out = os.path.join(runs_dir, f'{arm}-s{seed}'.replace(' ', '_').replace('=', ''))
             argv = train_argv(settings, final_argv[arm], seed, out, plan.extra, plan.how_flags)
-            jobs.append(Job(label=f'[{name}] {arm} seed {seed}', argv=argv, out=out, arm=arm, seed=seed))
+            jobs.append(Job(label=f'[{name}] {arm} seed {seed}', argv=argv, out=out, arm=arm, seed=seed,
+                            test_sets={t: os.path.join(plan.test_sets_dir, t) for t in plan.protocol.test_sets}))
             jobs[-1].recorded = recorded.get(jobs[-1].identity)
     return jobs
 

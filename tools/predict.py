@@ -107,6 +107,31 @@ def main(argv=None):
         raise SystemExit(2) from None
 
 
+def score_test_sets(out, sets, kept=None, label=None):
+    """{test set: accuracy} of a finished run's prompt file on each of sets ({name: folder}) not scored yet (in kept, or
+    else in <out>.test-sets.json), each written there as soon as it is measured: compare.py's protocols' test sets,
+    scored in the run's cluster job (tools/cluster.py) or by compare.py. A set predict.py refuses is 'failed'."""
+    path = out + '.test-sets.json'
+    if kept is None and os.path.exists(path):
+        with open(path) as f:
+            kept = json.load(f)
+    kept = dict(kept or {})
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    for name, folder in (sets or {}).items():
+        if isinstance(kept.get(name), float):
+            continue
+        print(f'{label or out}: testing its prompt file on {name}', flush=True)
+        try:
+            kept[name] = main(['--prompt', os.path.join(out, 'prompt.safetensors'), '--dataset', name, '--data-dir',
+                               folder, '--device', device])
+        except SystemExit:  # predict.py said why on stderr
+            kept[name] = 'failed'
+        with open(path + '.tmp', 'w') as f:
+            json.dump(kept, f)
+        os.replace(path + '.tmp', path)
+    return kept
+
+
 def evaluate(a):
     """The test accuracy of one prompt file on a data set, through train.py's own evaluation."""
     if len(a.prompt) != 1:
