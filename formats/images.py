@@ -196,6 +196,10 @@ class FileImages(Dataset):
             new = {i: sha for part in parts for i, sha in part['sha256'].items() if sha}
             if new:
                 record.write({**known, **{self.name(i): (*stamps[self.name(i)], new[i]) for i in new}})
+            if todo:
+                n = len(todo)
+                print(f'checked {n:,} image{"s" * (n > 1)} of {self.root} ({len(indices) - n:,} others known from '
+                      f'{record.path})', flush=True)
         if failed:
             more = f'; {len(failed) - 1} more cannot be read either: ' + ', '.join(
                 self._where(i) for i, _ in failed[1:6]) + (', ...' if len(failed) > 6 else '') if failed[1:] else ''

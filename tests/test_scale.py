@@ -48,19 +48,23 @@ def decoded(monkeypatch):
     return seen
 
 
-def test_a_later_start_decodes_nothing_and_a_new_or_changed_image_is_decoded_again(tmp_path, decoded, monkeypatch):
+def test_a_later_start_decodes_nothing_and_a_new_or_changed_image_is_decoded_again(tmp_path, decoded, monkeypatch,
+                                                                                   capsys):
     monkeypatch.setenv('VP_CHECKED_DIR', str(tmp_path / 'record'))
     root = photos(tmp_path / 'data')
     first = data.load('folder', data_dir=root, img_size=32, seed=0)
     assert len(decoded) == 24 and len(os.listdir(tmp_path / 'record')) == 2  # train/ and test/: a record each
+    said = capsys.readouterr().out  # where the record is, said when images were checked
+    assert f'checked 12 images of {os.path.join(root, "train")} (0 others known from {tmp_path / "record"}' in said
     decoded.clear()
     again = data.load('folder', data_dir=root, img_size=32, seed=0)
-    assert decoded == [] and again.fingerprint == first.fingerprint
+    assert decoded == [] and again.fingerprint == first.fingerprint and 'checked' not in capsys.readouterr().out
     changed = os.path.join(root, 'train', 'b', '1.jpg')
     photo(999).save(changed, quality=90)  # another picture under the same name
     photo(998).save(os.path.join(root, 'test', 'c', 'new.jpg'), quality=90)
     third = data.load('folder', data_dir=root, img_size=32, seed=0)
     assert sorted(decoded) == sorted([changed, os.path.join(root, 'test', 'c', 'new.jpg')])
+    assert f'checked 1 image of {os.path.join(root, "test")} (12 others known' in capsys.readouterr().out
     assert third.fingerprint != first.fingerprint
     decoded.clear()
     same_size = os.path.join(root, 'test', 'a', '0.jpg')
@@ -124,7 +128,8 @@ def test_a_truncated_jpeg_in_train_is_named_before_any_epoch_and_nothing_is_lost
     open(bad, 'wb').write(whole[:len(whole) // 2])  # after a run on it: a changed file, checked again
     before = {f: open(os.path.join(out, f), 'rb').read() for f in os.listdir(out)}
     for argv in ([*RUN, '--data-dir', root, '--out', str(tmp_path / 'r2')], [*RUN, '--data-dir', root, '--out', out]):
-        assert 'without network' not in fails(capsys, argv, bad, 'truncated').lower()  # named at set-up, before any epoch
+        err = fails(capsys, argv, bad, 'truncated')  # named at set-up, before any epoch
+        assert 'without network' not in err.lower()
     assert not os.path.exists(tmp_path / 'r2')  # a failed set-up leaves nothing
     assert {f: open(os.path.join(out, f), 'rb').read() for f in os.listdir(out)} == before  # nothing lost
     open(bad, 'wb').write(whole)
@@ -242,10 +247,15 @@ def test_bench_loader_reports_a_worker_the_device_decoder_and_a_step(tmp_path, c
     (here the CPU's decoder, the same code that times nvjpeg on a GPU) and a method's step beside them."""
     from tools import bench_loader, make_imagenet
     layout = str(tmp_path / 'in1k')
-    make_imagenet.main([layout, '--images', '30', '--val', '0.1', '--classes', '3', '--size', '160x120', '--workers', '1'])
-    rates, ratio, steps = bench_loader.main(['--data-dir', layout, '--img-size', '32', '--images', '12', '--rounds', '1',
-                                             '--device-decode', '--batch-size', '4', '--methods', 'lp',
-                                             '--model', 'test_vit'])
+    make_imagenet.main([layout, '--images', '30', '--val', '0.1', '--classes', '3', '--size', '160x120', '--workers',
+                        '1'])
+    threads = torch.get_num_threads()
+    try:  # the tool times one worker on one thread, as a DataLoader worker runs
+        rates, ratio, steps = bench_loader.main(['--data-dir', layout, '--img-size', '32', '--images', '12', '--rounds',
+                                                 '1', '--device-decode', '--batch-size', '4', '--methods', 'lp',
+                                                 '--model', 'test_vit'])
+    finally:
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert rates['plain'] > 0 and rates['loader'] > 0 and ratio > 0 and steps['lp'] > 0
     assert 'one worker at 32 px, 12 files' in out and 'decoded on cpu' in out and 'lp on test_vit' in out
