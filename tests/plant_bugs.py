@@ -190,7 +190,9 @@ BUGS = {
                                              "a.splits = 'final'", 'tests/test_own_data.py -k fgvc_runs'),
     'a preempted job is not requeued': ('tools/cluster.py',
                                         '        return DelayedSubmission(TrainRun(argv=self.argv, out=self.out, '
-                                        'threads=self.threads, gpus=self.gpus))', '        return None',
+                                        'threads=self.threads, gpus=self.gpus,\n'
+                                        '                                          test_sets=self.test_sets))',
+                                        '        return None',
                                         'tests/test_cluster.py -k preempted'),
     'a job starts its run afresh, not from its checkpoint': (
         'tools/cluster.py', "    if all(os.path.exists(os.path.join(out, f)) for f in ('config.json', 'checkpoint.pt')):",
