@@ -197,8 +197,8 @@ def train(a, model, splits, run, ckpt=None):
             stats = loop.pop_stats()
             row.update(stats if name == 'test' else {})  # method diagnostics on the test set
         history.append(row)
-        if world()[0] == 0:  # the row as metrics.jsonl keeps it, where epochs count from 0 and lr is the head's lr at
-            shown = {'last lr' if k == 'lr' else k: v for k, v in row.items() if k != 'epoch'}  # the epoch's last step
+        if world()[0] == 0:  # metrics.jsonl's row, its epoch counted from 1, its lr (the head's) named for its step
+            shown = {'last lr' if k == 'lr' else k: v for k, v in row.items() if k != 'epoch'}
             print(f'epoch {epoch + 1}/{a.epochs}: ' + ' '.join(
                 f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}' for k, v in shown.items()))
             run.save_checkpoint(dict(model=trainable_state(model), optimizer=opt.state_dict(), history=history,

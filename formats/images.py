@@ -201,9 +201,9 @@ class FileImages(Dataset):
                 print(f'checked {n:,} image{"s" * (n > 1)} of {self.root} ({len(indices) - n:,} others known from '
                       f'{record.path})', flush=True)
         if failed:
-            more = f'; {len(failed) - 1} more cannot be read either: ' + ', '.join(
-                self._where(i) for i, _ in failed[1:6]) + (', ...' if len(failed) > 6 else '') if failed[1:] else ''
-            raise DataError(failed[0][1] + more)
+            others = [self._where(i) for i, _ in failed[1:]]  # the first's message names it; the next five by name
+            more = f'; {len(others)} more cannot be read either: {", ".join(others[:5])}{", ..." * (len(others) > 5)}'
+            raise DataError(failed[0][1] + (more if others else ''))
         if rank == 0:
             self.sha256.update({i: new[i] if i in new else known[self.name(i)][2] for i in indices})
 

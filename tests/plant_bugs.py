@@ -189,10 +189,7 @@ BUGS = {
     'fgvc merges train and val by default': ('flags.py', "a.splits = 'tune' if a.dataset.startswith('fgvc:') else 'final'",
                                              "a.splits = 'final'", 'tests/test_own_data.py -k fgvc_runs'),
     'a preempted job is not requeued': ('tools/cluster.py',
-                                        '        return DelayedSubmission(TrainRun(argv=self.argv, out=self.out, '
-                                        'threads=self.threads, gpus=self.gpus,\n'
-                                        '                                          test_sets=self.test_sets))',
-                                        '        return None',
+                                        '        return DelayedSubmission(replace(self))', '        return None',
                                         'tests/test_cluster.py -k preempted'),
     'a job starts its run afresh, not from its checkpoint': (
         'tools/cluster.py', "    if all(os.path.exists(os.path.join(out, f)) for f in ('config.json', 'checkpoint.pt')):",

@@ -29,7 +29,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from flags import NONNEG_INT, POS_INT
 from tools.protocols import HOW
@@ -316,5 +316,4 @@ class TrainRun:
             record(self.out, None, time.time() - self.t0)
         print('preempted or near the time limit: train.py stopped, the job requeued to resume from its last epoch',
               file=sys.stderr, flush=True)
-        return DelayedSubmission(TrainRun(argv=self.argv, out=self.out, threads=self.threads, gpus=self.gpus,
-                                          test_sets=self.test_sets))
+        return DelayedSubmission(replace(self))  # the same run, its fields (not its process)

@@ -215,9 +215,8 @@ def test_set_accs(job, plan):
     (predict.score_test_sets), kept in <run>.test-sets.json beside its folder: measured once, in the run's cluster job
     where it has one, else here. With --report, or where the prompt file is gone, a set not measured yet is
     'pending'; one predict.py refuses, 'failed'."""
-    kept = {**(job.result.get('test_sets') or {}), **read_json(job.out + '.test-sets.json', {})}  # the table's, the
-    if not plan.report and os.path.exists(os.path.join(job.out, 'prompt.safetensors')):  # folder's record
-        kept = predict.score_test_sets(job.out, job.test_sets, kept, job.label)
+    scored = not plan.report and os.path.exists(os.path.join(job.out, 'prompt.safetensors'))
+    kept = predict.score_test_sets(job.out, job.test_sets if scored else {}, job.result.get('test_sets'), job.label)
     return {name: kept.get(name, 'pending') for name in plan.protocol.test_sets}
 
 

@@ -108,14 +108,15 @@ def main(argv=None):
 
 
 def score_test_sets(out, sets, kept=None, label=None):
-    """{test set: accuracy} of a finished run's prompt file on each of sets ({name: folder}) not scored yet (in kept, or
-    else in <out>.test-sets.json), each written there as soon as it is measured: compare.py's protocols' test sets,
-    scored in the run's cluster job (tools/cluster.py) or by compare.py. A set predict.py refuses is 'failed'."""
+    """{test set: accuracy} of a finished run's prompt file: kept (a table's record), then <out>.test-sets.json, then
+    each of sets ({name: folder}) not scored yet, written there as soon as it is measured: compare.py's protocols'
+    test sets, scored in the run's cluster job (tools/cluster.py) or by compare.py. A set predict.py refuses is
+    'failed'."""
     path = out + '.test-sets.json'
-    if kept is None and os.path.exists(path):
-        with open(path) as f:
-            kept = json.load(f)
     kept = dict(kept or {})
+    if os.path.exists(path):
+        with open(path) as f:
+            kept.update(json.load(f))
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     for name, folder in (sets or {}).items():
         if isinstance(kept.get(name), float):
