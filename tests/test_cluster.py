@@ -71,10 +71,10 @@ def mid_run(tmp_path, tag, epochs, request):
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'tools', 'compare.py'), *argv], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run = tmp_path / 'runs' / f'offline-cifar10-{tag}' / 'lp-s0'
-    deadline, found = time.time() + 240, []  # the job's processes first: then the stop comes right after the epoch
-    while len(found) < 3 or not ((run / 'checkpoint.pt').exists() and (run / 'metrics.jsonl').exists()):
+    deadline, found = time.time() + 240, []  # the job's processes first (train.py still starting: imports take seconds)
+    while len(found) < 3:
         assert time.time() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() is not None else ''
-        if len(found) < 3 and (run.parent / 'lp-s0.job.json').exists():
+        if (run.parent / 'lp-s0.job.json').exists():
             found = [int(json.loads((run.parent / 'lp-s0.job.json').read_text())['job_id'])]
             found += children(found[0])[:1]
             found += children(found[1])[:1] if len(found) == 2 else []
@@ -82,7 +82,12 @@ def mid_run(tmp_path, tag, epochs, request):
     controller, task, trainer = found
     request.addfinalizer(lambda: [os.kill(p, signal.SIGKILL) for p in (proc.pid, controller, task, trainer)
                                   if os.path.exists(f'/proc/{p}')])
-    os.kill(trainer, signal.SIGSTOP)  # frozen after an epoch: the signal below lands before the run can end
+    os.kill(trainer, signal.SIGSTOP)  # from here it runs in 1 ms slices, frozen between them: a tiny run's epochs
+    while not ((run / 'checkpoint.pt').exists() and (run / 'metrics.jsonl').exists()):  # cannot all pass unseen
+        assert time.time() < deadline, 'no epoch finished'
+        os.kill(trainer, signal.SIGCONT)
+        time.sleep(0.001)
+        os.kill(trainer, signal.SIGSTOP)
     assert not (run / 'summary.json').exists(), 'the run ended before it could be stopped'
     return proc, run, task, trainer
 
