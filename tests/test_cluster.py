@@ -48,16 +48,19 @@ def test_a_protocol_through_submitits_local_executor_gives_the_local_table(tmp_p
     assert tabled[0] == tabled[1] and len(tabled[0]) == 2
 
 
-def children(pid):
-    """The processes whose parent is pid (read from /proc)."""
+def children(pid, running=''):
+    """The processes whose parent is pid (read from /proc) and whose command line holds running: a job's process may
+    start short-lived ones of its own (a library lookup) beside train.py."""
     kids = []
     for stat in glob.glob('/proc/[0-9]*/stat'):
         try:
             with open(stat) as f:
                 fields = f.read().rsplit(')', 1)[1].split()
+            with open(stat[:-len('stat')] + 'cmdline', 'rb') as f:
+                cmdline = f.read().replace(b'\0', b' ').decode(errors='replace')
         except OSError:
             continue
-        if int(fields[1]) == pid:
+        if int(fields[1]) == pid and running in cmdline:
             kids.append(int(stat.split('/')[2]))
     return kids
 
@@ -76,8 +79,8 @@ def mid_run(tmp_path, tag, epochs, request):
         assert time.time() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() is not None else ''
         if (run.parent / 'lp-s0.job.json').exists():
             found = [int(json.loads((run.parent / 'lp-s0.job.json').read_text())['job_id'])]
-            found += children(found[0])[:1]
-            found += children(found[1])[:1] if len(found) == 2 else []
+            found += children(found[0], running='submitit.core._submit')[:1]  # the job's process
+            found += children(found[1], running='job.py')[:1] if len(found) == 2 else []  # train.py, run by job.py
         time.sleep(0.001)
     controller, task, trainer = found
     request.addfinalizer(lambda: [os.kill(p, signal.SIGKILL) for p in (proc.pid, controller, task, trainer)
